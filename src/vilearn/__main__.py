@@ -1,0 +1,3 @@
+from vilearn.cli import app
+
+app(prog_name="vilearn")

@@ -1,0 +1,9 @@
+"""The ``vilearn`` command line: thin typer commands that parse, validate and call the library.
+
+Each group of commands lives in its own module and registers itself on ``app`` when imported
+here; heavy imports (torch, trimesh) happen inside the commands so ``vilearn --help`` is fast.
+"""
+
+from vilearn.cli.app import app
+
+__all__ = ["app"]

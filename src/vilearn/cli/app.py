@@ -1,0 +1,21 @@
+"""The typer application every command module registers on, and shared CLI helpers."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="vilearn",
+    help="Train single-image-to-3D VecSet diffusion models with Visibility Learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise (``raise fail("...")``)."""
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)

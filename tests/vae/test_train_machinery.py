@@ -48,14 +48,14 @@ def test_optimizer_state_round_trip_is_exact():
 
 def test_rng_state_round_trip():
     torch.manual_seed(1)
-    np.random.seed(1)
+    np.random.seed(1)  # noqa: NPY002
     random.seed(1)
     state = capture_rng_state()
-    first = (torch.rand(3), np.random.rand(3), random.random())
+    first = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
     torch.rand(10)
-    np.random.rand(10)
+    np.random.rand(10)  # noqa: NPY002
     restore_rng_state(state)
-    again = (torch.rand(3), np.random.rand(3), random.random())
+    again = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert first[2] == again[2]
 

@@ -15,7 +15,7 @@ def capture_rng_state() -> dict[str, torch.Tensor]:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             state[f"cuda.{i}"] = s
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 (the global state is what we capture)
     state["numpy"] = _json_tensor([np_state[0], np_state[1].tolist(), *np_state[2:]])
     state["python"] = _json_tensor(_listify(random.getstate()))
     return state
@@ -27,7 +27,7 @@ def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     kind, keys, *rest = _from_json_tensor(state["numpy"])
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))  # noqa: NPY002
     random.setstate(_tuplify(_from_json_tensor(state["python"])))
 
 

@@ -4,6 +4,7 @@ Each group of commands lives in its own module and registers itself on ``app`` w
 here; heavy imports (torch, trimesh) happen inside the commands so ``vilearn --help`` is fast.
 """
 
+from vilearn.cli import vae as _vae  # noqa: F401  (registers train-vae, encode, decode)
 from vilearn.cli.app import app
 
 __all__ = ["app"]

@@ -95,11 +95,14 @@ class VecSetVAE(nn.Module):
         """
         return self.geo_decoder(queries=queries, latents=tokens, key_mask=key_mask)[..., 0]
 
-    def forward(self, surface: torch.Tensor, queries: torch.Tensor, num_tokens: int,
-                sample_posterior: bool = True,
+    def forward(self, surface: torch.Tensor, queries: torch.Tensor, num_tokens: int | None = None,
+                anchor_index: torch.Tensor | None = None, sample_posterior: bool = True,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
-        """Training pass: surface (B, P, 6), queries (B, M, 3) -> logits (B, M), posterior."""
-        encoded = self.encode(surface, num_tokens)
+        """Training pass: surface (B, P, 6), queries (B, M, 3) -> logits (B, M), posterior.
+
+        Either ``num_tokens`` (FPS runs here) or precomputed ``anchor_index`` (B, N).
+        """
+        encoded = self.encode(surface, num_tokens, anchor_index)
         posterior = encoded.posterior
         latents = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.query(queries, self.decode(latents)), posterior

@@ -82,10 +82,16 @@ def validate(vae, sampler: ShapeSampler, num_shapes: int, num_tokens: int, resol
     vae.train(was_training)
     if png is not None:
         write_comparison_png(png, panels)
-    metrics = {k: float(np.nanmean([r[k] for r in rows])) if rows else float("nan")
-               for k in ("iou_uniform", "iou_near", "chamfer", "fscore")}
+    metrics = {k: _mean([r[k] for r in rows]) for k in ("iou_uniform", "iou_near", "chamfer",
+                                                          "fscore")}
     metrics["shapes"] = len(rows)
     return metrics
+
+
+def _mean(values: list[float]) -> float:
+    """Mean over the finite values (NaN when there are none)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def write_comparison_png(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray]]) -> None:

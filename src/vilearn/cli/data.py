@@ -14,12 +14,12 @@ from vilearn.cli.app import app, console, fail
 
 @app.command()
 def prepare(
-    source: str = typer.Argument(..., help="A folder of meshes (searched recursively) or pybullet:random_urdfs."),
+    source: str = typer.Argument(..., help="A mesh folder (recursive) or pybullet:random_urdfs."),
     out: Path = typer.Argument(..., help="The dataset folder to write (created; resumed if it exists)."),
     views: int = typer.Option(None, "--views", "-v", help="Condition views per shape (default: config)."),
     workers: int = typer.Option(0, "--workers", "-w", help="Worker processes (0 = all cores)."),
     limit: int = typer.Option(None, "--limit", "-k", help="Only the first K assets (sorted by path)."),
-    config: str = typer.Option(None, "--config", "-c", help="A PrepareConfig YAML file or packaged config name."),
+    config: str = typer.Option(None, "--config", "-c", help="PrepareConfig YAML file or packaged name."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any shape failed."),
 ) -> None:
     """Meshes -> normalised shapes (surface, occupancy) and rendered views (image, depth, visible points)."""
@@ -66,7 +66,7 @@ def prepare(
 @app.command()
 def inspect(
     dataset: Path = typer.Argument(..., help="A prepared dataset folder."),
-    sheet: Path = typer.Option(None, "--sheet", help="Contact sheet PNG (default: DATASET/contact_sheet.png)."),
+    sheet: Path = typer.Option(None, "--sheet", help="Contact sheet PNG [DATASET/contact_sheet.png]."),
     count: int = typer.Option(24, "--count", help="Views on the contact sheet."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
 ) -> None:

@@ -343,7 +343,8 @@ def _map(jobs: list, workers: int) -> Iterator[JobResult]:
         return
     context = multiprocessing.get_context("spawn" if _threads_started() else "fork")
     with context.Pool(workers, maxtasksperchild=200) as pool:
-        yield from pool.imap_unordered(_job, jobs, chunksize=max(1, min(8, math.ceil(len(jobs) / (workers * 16)))))
+        chunk = max(1, min(8, math.ceil(len(jobs) / (workers * 16))))
+        yield from pool.imap_unordered(_job, jobs, chunksize=chunk)
 
 
 def _threads_started() -> bool:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -55,9 +56,14 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def write_npz(path: str | Path, compress: bool = False, **arrays: np.ndarray) -> None:
-    """.npz written atomically; uncompressed (fast to read back) unless ``compress``."""
+    """.npz written atomically; stored (fast to read back) or, with ``compress``, deflated at
+    level 1 (most of the size gain of ``np.savez_compressed`` at a fraction of its time)."""
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_open(path, "wb") as handle:
-        (np.savez_compressed if compress else np.savez)(handle, **arrays)
+        with zipfile.ZipFile(handle, "w", compression=mode, compresslevel=1 if compress else None) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def write_png(path: str | Path, image) -> None:

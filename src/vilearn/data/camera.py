@@ -20,6 +20,7 @@ up axis is configurable; +z for URDF assets, +y is common for glTF).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -66,16 +67,10 @@ class Camera:
             origins (H * W, 3) and unit directions (H * W, 3) in world coordinates; the ray
             of pixel (row i, column j) is at index ``i * width + j``.
         """
-        j, i = np.meshgrid(np.arange(self.width), np.arange(self.height))
-        u, v = j.reshape(-1) + 0.5, i.reshape(-1) + 0.5
-        cam_dirs = np.stack(
-            [(u - self.K[0, 2]) / self.K[0, 0], (v - self.K[1, 2]) / self.K[1, 1], np.ones_like(u)],
-            axis=1,
-        )
-        dirs = cam_dirs @ self.c2w[:3, :3].T
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        origins = np.broadcast_to(self.center, dirs.shape).copy()
-        return origins, dirs
+        key = (self.width, self.height, *self.K[:2].reshape(-1).tolist())
+        directions = _camera_directions(key) @ self.c2w[:3, :3].T
+        origins = np.broadcast_to(self.center, directions.shape).copy()
+        return origins, directions
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -88,6 +83,18 @@ class Camera:
     def from_arrays(cls, arrays) -> Camera:
         height, width = (int(x) for x in arrays["image_size"])
         return cls(np.asarray(arrays["K"], np.float64), np.asarray(arrays["c2w"], np.float64), width, height)
+
+
+@functools.lru_cache(maxsize=8)
+def _camera_directions(key: tuple) -> np.ndarray:
+    """Unit pixel-centre ray directions in the camera frame, (H * W, 3); cached per intrinsics."""
+    width, height, fx, _, cx, _, fy, cy = key
+    j, i = np.meshgrid(np.arange(width), np.arange(height))
+    u, v = j.reshape(-1) + 0.5, i.reshape(-1) + 0.5
+    directions = np.stack([(u - cx) / fx, (v - cy) / fy, np.ones_like(u)], axis=1)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    directions.setflags(write=False)
+    return directions
 
 
 def intrinsics(fov_deg: float, width: int, height: int) -> np.ndarray:

@@ -11,11 +11,15 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -24,6 +28,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -50,10 +55,15 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """Uncompressed .npz (fast to read back), written atomically."""
+def write_npz(path: str | Path, compress: bool = False, **arrays: np.ndarray) -> None:
+    """.npz written atomically; stored (fast to read back) or, with ``compress``, deflated at
+    level 1 (most of the size gain of ``np.savez_compressed`` at a fraction of its time)."""
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        with zipfile.ZipFile(handle, "w", compression=mode, compresslevel=1 if compress else None) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def write_png(path: str | Path, image) -> None:

@@ -1,0 +1,101 @@
+"""``vilearn prepare`` and ``vilearn inspect``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from vilearn.cli.app import app, console, fail
+
+
+@app.command()
+def prepare(
+    source: str = typer.Argument(..., help="A mesh folder (recursive) or pybullet:random_urdfs."),
+    out: Path = typer.Argument(..., help="The dataset folder to write (created; resumed if it exists)."),
+    views: int = typer.Option(None, "--views", "-v", help="Condition views per shape (default: config)."),
+    workers: int = typer.Option(0, "--workers", "-w", help="Worker processes (0 = all cores)."),
+    limit: int = typer.Option(None, "--limit", "-k", help="Only the first K assets (sorted by path)."),
+    config: str = typer.Option(None, "--config", "-c", help="PrepareConfig YAML file or packaged name."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any shape failed."),
+) -> None:
+    """Meshes -> normalised shapes (surface, occupancy) and rendered views (image, depth, visible points)."""
+    import os
+
+    from vilearn.cli.progress import progress_bar, rate_text
+    from vilearn.config import ConfigError, load_config
+    from vilearn.data.prepare import PrepareConfig, prepare_dataset
+
+    overrides = [f"views.count={views}"] if views is not None else []
+    try:
+        cfg = load_config(PrepareConfig, config, overrides)
+    except ConfigError as error:
+        raise fail(str(error)) from error
+    workers = workers or os.cpu_count() or 1
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task("prepare", total=None, failed=0, rate="")
+
+        def update(result, summary):
+            done = summary.ok + summary.failed
+            fresh = done - summary.skipped
+            bar.update(
+                task, total=summary.total, completed=done, failed=summary.failed,
+                rate=rate_text(fresh, time.perf_counter() - start, "shapes"),
+            )
+
+        try:
+            summary = prepare_dataset(source, out, cfg, workers=workers, limit=limit, progress=update)
+        except (ConfigError, FileNotFoundError) as error:
+            raise fail(str(error)) from error
+    console.print(
+        f"[green]{summary.ok} ok[/], [red]{summary.failed} failed[/] of {summary.total} "
+        f"({summary.skipped} already done) in {summary.seconds:.1f} s -> {out}"
+    )
+    for reason, count in sorted(summary.reasons.items(), key=lambda item: -item[1]):
+        console.print(f"  failed: {count} x {reason}")
+    if summary.ok == 0:
+        raise typer.Exit(1)
+    if strict and summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def inspect(
+    dataset: Path = typer.Argument(..., help="A prepared dataset folder."),
+    sheet: Path = typer.Option(None, "--sheet", help="Contact sheet PNG [DATASET/contact_sheet.png]."),
+    count: int = typer.Option(24, "--count", help="Views on the contact sheet."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+) -> None:
+    """Counts, failure reasons, point and view statistics, and a contact sheet of the views."""
+    from dataclasses import asdict
+
+    from vilearn.data.dataset import PreparedDataset
+    from vilearn.data.inspect import contact_sheet, dataset_stats
+
+    try:
+        data = PreparedDataset(dataset)
+    except FileNotFoundError as error:
+        raise fail(str(error)) from error
+    stats = dataset_stats(data)
+    if as_json:
+        print(json.dumps(asdict(stats), indent=1))
+    else:
+        table = Table(title=f"{dataset}", show_header=False)
+        table.add_row("shapes", f"{stats.shapes} ({stats.ok} ok, {stats.failed} failed)")
+        table.add_row("splits", ", ".join(f"{k}: {v}" for k, v in sorted(stats.splits.items())))
+        table.add_row("views", str(stats.views))
+        for name, described in [("faces", stats.faces), ("inside fraction (uniform)", stats.inside_fraction),
+                                ("visible points per view", stats.visible_count)]:
+            if described:
+                table.add_row(name, "mean {mean:.4g}  median {median:.4g}  p5 {p5:.4g}  p95 {p95:.4g}  "
+                              "min {min:.4g}  max {max:.4g}".format(**described))
+        for reason, n in sorted(stats.reasons.items(), key=lambda item: -item[1]):
+            table.add_row("failed", f"{n} x {reason}")
+        console.print(table)
+    if stats.ok:
+        path = contact_sheet(data, sheet or Path(dataset) / "contact_sheet.png", count=count)
+        console.print(f"contact sheet: {path}")

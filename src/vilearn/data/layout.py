@@ -1,0 +1,57 @@
+"""The prepared dataset on disk (design.md, "Data contracts"). One place knows every path.
+
+```
+DATASET/
+  dataset.json                  the resolved PrepareConfig and the format version
+  manifest.jsonl                one row per shape, sorted by id (see ``ShapeRecord``)
+  shapes/<id>/record.json       the shape's manifest row; written last, it marks the shape done
+  shapes/<id>/surface.npz       points (S, 3) float32, normals (S, 3) float32
+  shapes/<id>/occupancy.npz     uniform_points (U, 3), uniform_labels (U,) bool,
+                                near_points (M, 3), near_labels (M,) bool
+  shapes/<id>/views/<k>.npz     K (3, 3), c2w (4, 4), image_size (2,) [H, W], mask (H, W) bool,
+                                depth (H, W) float32, normal (H, W, 3) float16,
+                                visible_points (P, 3) float32, visible_normals (P, 3) float32,
+                                visible_count () int64 (hits before subsampling)
+  shapes/<id>/views/<k>.png     the condition image, RGB on white (H, W, 3)
+```
+All coordinates are in the normalised object frame; ``<k>`` is the view index as 3 digits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FORMAT_VERSION = 1
+
+
+class DatasetLayout:
+    """Paths inside a prepared dataset folder ``root``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.jsonl"
+
+    def shape_dir(self, shape_id: str) -> Path:
+        return self.root / "shapes" / shape_id
+
+    def record(self, shape_id: str) -> Path:
+        return self.shape_dir(shape_id) / "record.json"
+
+    def surface(self, shape_id: str) -> Path:
+        return self.shape_dir(shape_id) / "surface.npz"
+
+    def occupancy(self, shape_id: str) -> Path:
+        return self.shape_dir(shape_id) / "occupancy.npz"
+
+    def view(self, shape_id: str, index: int) -> Path:
+        return self.shape_dir(shape_id) / "views" / f"{index:03d}.npz"
+
+    def view_image(self, shape_id: str, index: int) -> Path:
+        return self.shape_dir(shape_id) / "views" / f"{index:03d}.png"

@@ -1,0 +1,353 @@
+"""``vilearn prepare``: meshes -> the prepared dataset (layout in ``vilearn.data.layout``).
+
+Each shape is one job: load, validate, normalise, sample the surface, label occupancy
+points by winding number, render its views. Jobs run in parallel worker processes; each job
+writes its files atomically and its ``record.json`` last, so a shape is either done or
+redone from scratch. Every random choice comes from a generator seeded by (seed, shape id),
+so the result does not depend on the number of workers, the order, or interruptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vilearn.config import ConfigError, to_dict
+from vilearn.data.camera import Camera, fit_distance, orbit_camera
+from vilearn.data.layout import FORMAT_VERSION, DatasetLayout
+from vilearn.data.mesh import MeshError, Source, iter_sources, load_mesh, normalize, validate
+from vilearn.data.render import Raycaster
+from vilearn.data.sampling import occupancy_samples, sample_surface
+from vilearn.io import read_json, write_json, write_npz, write_png, write_text
+
+
+@dataclass
+class ViewConfig:
+    """Condition views: cameras on a sphere around the object, looking at its centre."""
+
+    count: int = 8
+    image_size: int = 384
+    fov_deg: float = 40.0
+    elevation_deg: tuple[float, float] = (-10.0, 40.0)
+    distance: float | None = None  # None: fit the object's bounding sphere into the view
+    up_axis: str = "z"
+    visible_points: int = 20000
+    ambient: float = 0.35
+    diffuse: float = 0.65
+
+    def __post_init__(self):
+        if self.count < 0 or self.image_size < 8 or self.visible_points < 1:
+            raise ValueError("count >= 0, image_size >= 8 and visible_points >= 1 are required")
+        if not 1.0 <= self.fov_deg <= 150.0:
+            raise ValueError(f"fov_deg must be in [1, 150], got {self.fov_deg}")
+        if self.up_axis not in ("x", "y", "z"):
+            raise ValueError(f"up_axis must be x, y or z, got {self.up_axis!r}")
+        low, high = self.elevation_deg
+        if not -90 <= low <= high <= 90:
+            raise ValueError(f"elevation_deg must be an increasing range in [-90, 90], got {low, high}")
+
+
+@dataclass
+class PrepareConfig:
+    """Everything that decides what ``prepare`` writes (it is stored in dataset.json)."""
+
+    surface_points: int = 50000
+    uniform_points: int = 25000
+    near_points: int = 25000
+    near_sigmas: tuple[float, float] = (0.005, 0.025)
+    margin: float = 0.05
+    max_faces: int = 500_000
+    min_thickness: float = 1e-3
+    val_fraction: float = 0.05
+    seed: int = 0
+    views: ViewConfig = field(default_factory=ViewConfig)
+
+    def __post_init__(self):
+        if min(self.surface_points, self.uniform_points, self.near_points) < 1:
+            raise ValueError("surface_points, uniform_points and near_points must be positive")
+        if not 0 <= self.margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def shape_rng(seed: int, shape_id: str, stream: str) -> np.random.Generator:
+    """A generator that depends only on (seed, shape id, stream name)."""
+    digest = hashlib.sha256(f"{seed}/{shape_id}/{stream}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def split_of(shape_id: str, val_fraction: float) -> str:
+    """'val' for a stable pseudo-random ``val_fraction`` of ids, else 'train'."""
+    digest = hashlib.sha256(f"split/{shape_id}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "little") / 2**64 < val_fraction else "train"
+
+
+def view_cameras(config: ViewConfig, radius: float, rng: np.random.Generator) -> list[Camera]:
+    """``config.count`` cameras: uniform azimuth, elevation uniform in the configured range."""
+    distance = config.distance or fit_distance(config.fov_deg, radius, fill=0.9)
+    cameras = []
+    for _ in range(config.count):
+        azimuth = rng.uniform(0.0, 360.0)
+        elevation = rng.uniform(*config.elevation_deg)
+        cameras.append(
+            orbit_camera(
+                azimuth, elevation, distance, config.fov_deg,
+                config.image_size, config.image_size, config.up_axis,
+            )
+        )
+    return cameras
+
+
+@dataclass
+class JobResult:
+    """One shape's manifest row and where its time went (seconds per stage)."""
+
+    record: dict
+    timings: dict[str, float]
+    skipped: bool = False
+
+
+def _base_record(source: Source, config: PrepareConfig) -> dict:
+    return {
+        "id": source.id,
+        "source": str(source.path),
+        "split": split_of(source.id, config.val_fraction),
+    }
+
+
+def process_shape(source: Source, layout: DatasetLayout, config: PrepareConfig) -> JobResult:
+    """Prepare one shape; failures become a 'failed' record with the reason, never an exception."""
+    timings: dict[str, float] = {}
+    record = _base_record(source, config)
+    shape_dir = layout.shape_dir(source.id)
+    if shape_dir.exists():  # half-done by an interrupted run: start it again cleanly
+        shutil.rmtree(shape_dir)
+    try:
+        clock = time.perf_counter()
+        mesh = load_mesh(source.path, source.color)
+        validate(mesh, config.max_faces, config.min_thickness)
+        mesh, normalization = normalize(mesh, config.margin)
+        timings["load"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        rng = shape_rng(config.seed, source.id, "points")
+        points, normals = sample_surface(mesh.vertices, mesh.faces, config.surface_points, rng)
+        write_npz(layout.surface(source.id), points=points, normals=normals)
+        timings["sampling"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        occupancy = occupancy_samples(
+            mesh.vertices, mesh.faces, points, config.uniform_points,
+            config.near_points, config.near_sigmas, rng,
+        )
+        inside_fraction = float(occupancy["uniform_labels"].mean())
+        if occupancy["uniform_labels"].sum() == 0 and occupancy["near_labels"].sum() == 0:
+            raise MeshError("no volume: no query point is inside (open sheet or degenerate mesh)")
+        write_npz(layout.occupancy(source.id), **occupancy)
+        timings["inside"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        visible_counts = _render_views(source.id, mesh, layout, config)
+        timings["render"] = time.perf_counter() - clock
+    except MeshError as error:
+        return _finish(layout, source, {**record, "status": "failed", "reason": str(error)}, timings)
+    except Exception as error:  # noqa: BLE001  (one bad asset must not stop a million-shape run)
+        reason = f"internal error: {type(error).__name__}: {error}"
+        return _finish(layout, source, {**record, "status": "failed", "reason": reason}, timings)
+    record.update(
+        status="ok",
+        reason="",
+        vertices=len(mesh.vertices),
+        faces=len(mesh.faces),
+        normalization=normalization.to_dict(),
+        inside_fraction=round(inside_fraction, 6),
+        views=len(visible_counts),
+        visible_counts=visible_counts,
+    )
+    return _finish(layout, source, record, timings)
+
+
+def _render_views(shape_id: str, mesh, layout: DatasetLayout, config: PrepareConfig) -> list[int]:
+    view_config = config.views
+    radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
+    cameras = view_cameras(view_config, radius, shape_rng(config.seed, shape_id, "cameras"))
+    raycaster = Raycaster(mesh.vertices, mesh.faces, mesh.face_rgb())
+    subsample_rng = shape_rng(config.seed, shape_id, "visible")
+    counts = []
+    for index, camera in enumerate(cameras):
+        view = raycaster.render(camera, view_config.ambient, view_config.diffuse)
+        count = len(view.points)
+        keep = np.sort(subsample_rng.permutation(count)[: view_config.visible_points])
+        write_npz(
+            layout.view(shape_id, index),
+            compress=True,  # the maps are mostly background: about 10x smaller
+            **camera.to_arrays(),
+            mask=view.mask,
+            depth=view.depth,
+            normal=view.normal.astype(np.float16),
+            visible_points=view.points[keep],
+            visible_normals=view.point_normals[keep],
+            visible_count=np.int64(count),
+        )
+        write_png(layout.view_image(shape_id, index), view.rgb)
+        counts.append(count)
+    return counts
+
+
+def _finish(layout: DatasetLayout, source: Source, record: dict, timings: dict) -> JobResult:
+    write_json(layout.record(source.id), record)
+    return JobResult(record, timings)
+
+
+def _load_done(layout: DatasetLayout, source: Source) -> dict | None:
+    path = layout.record(source.id)
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path)
+    except (json.JSONDecodeError, OSError):
+        return None
+    return record if record.get("id") == source.id else None
+
+
+def _job(args: tuple[Source, str, dict]) -> JobResult:
+    source, root, config_dict = args
+    from vilearn.config import from_dict
+
+    config = from_dict(PrepareConfig, config_dict)
+    return process_shape(source, DatasetLayout(root), config)
+
+
+def read_manifest(path: str | Path) -> Iterator[dict]:
+    """Stream the rows of a manifest.jsonl (a torn last line from a crash is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with path.open() as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def write_manifest(path: Path, rows: Iterable[dict]) -> None:
+    ordered = sorted(rows, key=lambda row: row["id"])
+    write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in ordered))
+
+
+def _check_dataset_config(layout: DatasetLayout, config: PrepareConfig) -> None:
+    wanted = {"format_version": FORMAT_VERSION, "prepare": to_dict(config)}
+    if layout.config.is_file():
+        existing = read_json(layout.config)
+        if existing != wanted:
+            raise ConfigError(
+                f"{layout.root}: already prepared with different settings (dataset.json);"
+                " use another output folder, or the same settings to resume"
+            )
+        return
+    write_json(layout.config, wanted)
+
+
+@dataclass
+class PrepareSummary:
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def prepare_dataset(
+    source: str | Path,
+    out: str | Path,
+    config: PrepareConfig,
+    workers: int = 1,
+    limit: int | None = None,
+    progress: Callable[[JobResult, PrepareSummary], None] | None = None,
+    manifest_every_s: float = 300.0,
+) -> PrepareSummary:
+    """Prepare every asset of ``source`` into ``out``; resumable, never duplicating a shape.
+
+    Shapes whose ``record.json`` exists are kept as they are (failed ones too: failures are
+    deterministic); anything else is (re)done. The manifest is rewritten, atomically, every
+    ``manifest_every_s`` seconds and at the end.
+    """
+    layout = DatasetLayout(out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    _check_dataset_config(layout, config)
+    sources = list(iter_sources(source))
+    if limit is not None:
+        sources = sources[:limit]
+    rows = {row["id"]: row for row in read_manifest(layout.manifest)}
+    summary = PrepareSummary(total=len(sources))
+    todo = []
+    for src in sources:
+        done = _load_done(layout, src)
+        if done is None:
+            todo.append(src)
+            continue
+        rows[src.id] = done
+        summary.skipped += 1
+        _count(summary, JobResult(done, {}, skipped=True), progress)
+
+    start = last_flush = time.perf_counter()
+    config_dict = to_dict(config)
+    jobs = [(src, str(layout.root), config_dict) for src in todo]
+    try:
+        for result in _map(jobs, workers):
+            rows[result.record["id"]] = result.record
+            _count(summary, result, progress)
+            if time.perf_counter() - last_flush > manifest_every_s:
+                write_manifest(layout.manifest, rows.values())
+                last_flush = time.perf_counter()
+    finally:
+        write_manifest(layout.manifest, rows.values())
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _count(summary: PrepareSummary, result: JobResult, progress) -> None:
+    record = result.record
+    if record["status"] == "ok":
+        summary.ok += 1
+    else:
+        summary.failed += 1
+        key = record["reason"].split(":")[0].split(" (")[0]  # "flat mesh: ..." -> "flat mesh"
+        summary.reasons[key] = summary.reasons.get(key, 0) + 1
+    for stage, seconds in result.timings.items():
+        summary.timings[stage] = summary.timings.get(stage, 0.0) + seconds
+    if progress is not None:
+        progress(result, summary)
+
+
+def _map(jobs: list, workers: int) -> Iterator[JobResult]:
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield _job(job)
+        return
+    context = multiprocessing.get_context("spawn" if _threads_started() else "fork")
+    with context.Pool(workers, maxtasksperchild=200) as pool:
+        chunk = max(1, min(8, math.ceil(len(jobs) / (workers * 16))))
+        yield from pool.imap_unordered(_job, jobs, chunksize=chunk)
+
+
+def _threads_started() -> bool:
+    import threading
+
+    return threading.active_count() > 1

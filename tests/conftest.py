@@ -1,0 +1,36 @@
+import os
+
+import pytest
+
+# Two cores are shared by test workers and the library's own threads: keep torch to one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepare_config():
+    from vilearn.config import load_config
+    from vilearn.data.prepare import PrepareConfig
+
+    return load_config(PrepareConfig, "prepare-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, tiny_prepare_config):
+    """Six random_urdfs shapes prepared with the tiny config (shared, read-only)."""
+    from vilearn.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("tiny-dataset")
+    config = tiny_prepare_config
+    config.val_fraction = 0.34  # make sure both splits are populated
+    summary = prepare_dataset("pybullet:random_urdfs", root, config, workers=1, limit=6)
+    assert summary.ok == 6
+    return root

@@ -66,8 +66,9 @@ def encode_command(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Encode every shape into latents (mean, logvar, FPS anchors) per token count; resumable."""
-    from rich.progress import Progress
+    import time
 
+    from vilearn.cli.progress import progress_bar, rate_text
     from vilearn.vae.data import read_manifest
     from vilearn.vae.encode import encode_dataset, latents_dir
     from vilearn.vae.resolve import resolve_vae, vae_name
@@ -79,10 +80,19 @@ def encode_command(
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise fail(str(error)) from error
     label = name or vae_name(vae)
-    with Progress(console=console) as progress:
-        task = progress.add_task(f"encoding ({label})", total=len(rows))
-        stats = encode_dataset(dataset, model, label, counts, surface_points,
-                               on_shape=lambda shape_id, done: progress.advance(task))
+    start, fresh = time.perf_counter(), 0
+
+    def advance(shape_id: str, encoded: bool) -> None:
+        nonlocal fresh
+        fresh += encoded
+        bar.update(task, advance=1, rate=rate_text(fresh, time.perf_counter() - start, "shapes"))
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"encode ({label})", total=len(rows), failed=0, rate="")
+        try:
+            stats = encode_dataset(dataset, model, label, counts, surface_points, on_shape=advance)
+        except ValueError as error:
+            raise fail(str(error)) from error
     for n, s in stats.items():
         console.print(f"N={n}: {s['shapes']} shapes, global std {s['global_std']:.4f} -> "
                       f"{latents_dir(dataset, label, n)}")

@@ -190,3 +190,20 @@ def test_bad_config_key_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"width": 32, "hedas": 4}')
     with pytest.raises(ConfigError, match="hedas"):
         load_vae(tmp_path)
+
+
+@pytest.mark.hy3dgen
+def test_hunyuan3d_vae_v2_0_preset_has_the_checkpoint_parameter_set(hy3dgen_ae):
+    """Same names and shapes as hy3dgen's ShapeVAE with hunyuan3d-vae-v2-0's params (on meta)."""
+    from dataclasses import asdict
+
+    from vilearn.vae import preset
+
+    config = preset("hunyuan3d-vae-v2-0")
+    params = {k: v for k, v in asdict(config).items()
+              if k in ("num_latents", "embed_dim", "width", "heads", "num_decoder_layers",
+                       "num_freqs", "include_pi", "qkv_bias", "qk_norm", "scale_factor")}
+    with torch.device("meta"):
+        theirs = hy3dgen_ae.ShapeVAE(**params).state_dict()
+        ours = VecSetVAE(config).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}

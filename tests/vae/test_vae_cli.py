@@ -78,3 +78,24 @@ def test_bad_tokens_are_a_clear_error(setup):
     dataset, vae = setup
     result = CliRunner().invoke(app, ["encode", str(dataset), "--vae", str(vae), "--tokens", "x"])
     assert result.exit_code == 2 and "--tokens" in result.output
+
+
+def test_train_vae_command_writes_a_complete_run(setup, tmp_path):
+    dataset, _ = setup
+    sets = ["model.width=32", "model.heads=4", "model.num_decoder_layers=1", "data.tokens=[16]",
+            "data.num_surface=256", "data.num_queries=256", "train.steps=2",
+            "train.batch_size=2", "train.log_every=1", "val.shapes=1", "val.resolution=16",
+            "val.mesh_points=200"]
+    args = ["train-vae", str(dataset), "--config", "vae-tiny", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, args + [a for s in sets for a in ("--set", s)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    for path in ("config.yaml", "git.txt", "log.jsonl", "vae/model.safetensors",
+                 "vae/config.json", "checkpoints/latest", "val/step-0000002.png"):
+        assert (run / path).is_file(), path
+    assert list((run / "tb").glob("events.*"))
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert {"iou_uniform", "iou_near", "chamfer", "fscore"} <= set(records[-1])
+    bad = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "other"), "--set", "optim.lrr=1"])
+    assert bad.exit_code == 2 and "lrr" in bad.output

@@ -96,3 +96,29 @@ def test_resume_with_a_different_config_names_the_key(dataset, tmp_path):
     changed.optim.lr = 1e-4
     with pytest.raises(ConfigError, match="optim.lr"):
         train_vae(dataset, changed, tmp_path / "run")
+
+
+def test_tsdf_targets_match_the_analytic_sphere():
+    from vilearn.vae.data import Batch, tsdf_targets
+
+    g = torch.Generator().manual_seed(0)
+    normals = torch.nn.functional.normalize(torch.randn(20000, 3, generator=g), dim=-1)
+    surface = torch.cat([0.5 * normals, normals], -1)[None]
+    queries = torch.nn.functional.normalize(torch.randn(1, 300, 3, generator=g), dim=-1)
+    queries = queries * (0.5 + torch.empty(1, 300, 1).uniform_(-0.08, 0.08, generator=g))
+    labels = (queries.norm(dim=-1) < 0.5).float()
+    batch = Batch(surface, queries, labels, torch.zeros(1, 1, dtype=torch.long), ["s"])
+    truth = ((0.5 - queries.norm(dim=-1)) / 0.05).clamp(-1, 1)
+    target = tsdf_targets(batch, 0.05)
+    assert torch.equal(target > 0, truth > 0)
+    # Distance to the nearest sample bounds the true distance from above, and is close to it
+    # (20k samples on the sphere are ~0.0125 apart).
+    assert (target.abs() >= truth.abs() - 1e-5).all()
+    assert (target - truth).abs().mean() < 0.06
+
+
+def test_tsdf_training_runs(dataset, tmp_path):
+    cfg = config(steps=3, batch_size=2)
+    cfg.model.label_type = "tsdf"
+    last = train_vae(dataset, cfg, tmp_path / "run")
+    assert torch.isfinite(torch.tensor(last["train"]["loss"]))

@@ -237,7 +237,8 @@ def run_validation(out: Path, step: int, model, ema: EMA, sampler: ShapeSampler,
     averaged.load_state_dict(ema.averaged(model))
     v = config.val
     metrics = validate(averaged, sampler, v.shapes, num_tokens, v.resolution, v.fscore_threshold,
-                       v.mesh_points, png=out / "val" / f"{step_name(step)}.png")
+                       v.mesh_points, png=out / "val" / f"{step_name(step)}.png",
+                       posterior=v.posterior)
     record = {"step": step, "split": "val", **metrics}
     logger.log(record)
     for key in ("iou_uniform", "iou_near", "chamfer", "fscore"):

@@ -59,6 +59,7 @@ class ValConfig:
     resolution: int = 64  # mesh extraction grid for Chamfer / F-score
     fscore_threshold: float = 0.02
     mesh_points: int = 10000
+    posterior: Literal["sample", "mean"] = "sample"  # see vilearn.vae.validate.predict
 
 
 @dataclass

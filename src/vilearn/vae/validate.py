@@ -37,11 +37,21 @@ def chamfer_fscore(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[floa
 
 @torch.no_grad()
 def predict(vae, surface: np.ndarray, points: np.ndarray, num_tokens: int,
-            chunk: int = 16384) -> tuple[np.ndarray, torch.Tensor]:
-    """Values at points (Q,) from the posterior mean of one shape, and that latent (1, N, C)."""
+            sample_seed: int | None = 0, chunk: int = 16384) -> tuple[np.ndarray, torch.Tensor]:
+    """Values at points (Q,) for one shape, and the latent (1, N, C) they were decoded from.
+
+    The latent is a posterior sample drawn with ``sample_seed`` (the distribution the decoder
+    is trained on), or the posterior mean when ``sample_seed`` is None. The two can differ a
+    lot: tokens whose posterior collapsed to the prior are N(0, 1) noise during training but
+    exact zeros at the mean, which the decoder never saw.
+    """
     device = next(vae.parameters()).device
     surf = torch.from_numpy(surface)[None].to(device)
-    latents = vae.encode(surf, anchor_index=fps_indices(surf[..., :3], num_tokens)).posterior.mean
+    posterior = vae.encode(surf, anchor_index=fps_indices(surf[..., :3], num_tokens)).posterior
+    if sample_seed is None:
+        latents = posterior.mean
+    else:
+        latents = posterior.sample(torch.Generator(device).manual_seed(sample_seed))
     tokens = vae.decode(latents)
     pts = torch.from_numpy(points).to(device)
     values = [vae.query(pts[None, i:i + chunk], tokens)[0].float().cpu()
@@ -50,8 +60,12 @@ def predict(vae, surface: np.ndarray, points: np.ndarray, num_tokens: int,
 
 
 def validate(vae, sampler: ShapeSampler, num_shapes: int, num_tokens: int, resolution: int,
-             fscore_threshold: float, mesh_points: int, png: Path | None = None) -> dict:
-    """Mean metrics over the first ``num_shapes`` shapes of the sampler's split."""
+             fscore_threshold: float, mesh_points: int, png: Path | None = None,
+             posterior: str = "sample") -> dict:
+    """Mean metrics over the first ``num_shapes`` shapes of the sampler's split.
+
+    ``posterior``: decode a fixed-seed posterior "sample" (seed = shape index) or the "mean".
+    """
     import trimesh
 
     was_training = vae.training
@@ -66,7 +80,8 @@ def validate(vae, sampler: ShapeSampler, num_shapes: int, num_tokens: int, resol
         occ = load_occupancy(sampler.root, shape_id)
         row = {}
         for kind in ("uniform", "near"):
-            values, latents = predict(vae, encoder_input, occ[f"{kind}_points"], num_tokens)
+            seed = None if posterior == "mean" else index
+            values, latents = predict(vae, encoder_input, occ[f"{kind}_points"], num_tokens, seed)
             row[f"iou_{kind}"] = iou(values > 0, occ[f"{kind}_labels"])
         try:
             mesh, _ = latents_to_mesh(vae, latents, "hierarchical", resolution,

@@ -134,7 +134,8 @@ def main() -> None:
         f"- command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
         f"- weights: `{args.vae}` ({sum(p.numel() for p in vae.parameters())} parameters, "
         f"width {vae.config.width}, {vae.config.num_decoder_layers} decoder layers)",
-        f"- latents: shape `{shape_id}` of `{args.dataset}`, {args.tokens} tokens (posterior mean)",
+        f"- latents: shape `{shape_id}` of `{args.dataset}`, {args.tokens} tokens (posterior sample, "
+        "seed 0)",
         f"- chunk: {args.chunk} points per decoder call; bounds [-1.01, 1.01]^3",
         "",
         "| method | decoder queries | seconds | speed-up vs dense | IoU vs vilearn dense "

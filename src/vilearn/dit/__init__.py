@@ -1,0 +1,18 @@
+"""MM-DiT denoiser with Visibility-Aware Positional Encoding (VAPE), and image conditioners."""
+
+from vilearn.dit.config import PRESETS, VAPE_KINDS, DiTConfig, dit_config
+from vilearn.dit.model import MMDiT, count_parameters, hunyuan3d_denoiser_state
+from vilearn.dit.vape import VAPE, fixed_partition, mask_from_indices
+
+__all__ = [
+    "PRESETS",
+    "VAPE",
+    "VAPE_KINDS",
+    "DiTConfig",
+    "MMDiT",
+    "count_parameters",
+    "dit_config",
+    "fixed_partition",
+    "hunyuan3d_denoiser_state",
+    "mask_from_indices",
+]

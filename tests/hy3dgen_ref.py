@@ -33,7 +33,9 @@ def load_hy3dgen_module(relative: str, name: str) -> ModuleType | None:
 
 def hunyuan3ddit() -> ModuleType:
     """hy3dgen's denoiser module, or skip the calling test."""
-    module = load_hy3dgen_module("shapegen/models/denoisers/hunyuan3ddit.py", "_hy3dgen_hunyuan3ddit")
+    module = load_hy3dgen_module(
+        "shapegen/models/denoisers/hunyuan3ddit.py", "_hy3dgen_hunyuan3ddit"
+    )
     if module is None:
         pytest.skip("hy3dgen (2.0.2) is not installed")
     return module

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hy3dgen_ref import hunyuan3ddit
 
+from hy3dgen_ref import hunyuan3ddit
 from vilearn.config import ConfigError
 from vilearn.dit import (
     VAPE,
@@ -19,7 +19,9 @@ from vilearn.dit import (
     mask_from_indices,
 )
 
-SMALL = dict(in_channels=8, context_in_dim=16, hidden_size=64, num_heads=4, depth=2, depth_single_blocks=2)
+SMALL = dict(
+    in_channels=8, context_in_dim=16, hidden_size=64, num_heads=4, depth=2, depth_single_blocks=2
+)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -27,14 +29,20 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() < 2 else 1 / math.sqrt(p.shape[-1])))
+            p.copy_(
+                torch.randn(p.shape, generator=g)
+                * (0.3 if p.dim() < 2 else 1 / math.sqrt(p.shape[-1]))
+            )
     return model
 
 
 def inputs(batch=2, n=12, n_cond=5, channels=8, context=16, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, n, channels, generator=g), torch.rand(batch, generator=g),
-            torch.randn(batch, n_cond, context, generator=g))
+    return (
+        torch.randn(batch, n, channels, generator=g),
+        torch.rand(batch, generator=g),
+        torch.randn(batch, n_cond, context, generator=g),
+    )
 
 
 def random_visible(batch, n, seed=2):
@@ -71,7 +79,9 @@ def test_loads_checkpoint_layouts_and_reports_vape_params():
     left = lpe.load_hunyuan3d_state_dict({"model": state})
     assert sorted(left) == ["vape.invisible_embed", "vape.visible_embed"]
     plain = MMDiT(dit_config("tiny", **SMALL))
-    plain.load_hunyuan3d_state_dict({f"model.{k}": v for k, v in state.items()} | {"vae.x": torch.ones(1)})
+    plain.load_hunyuan3d_state_dict(
+        {f"model.{k}": v for k, v in state.items()} | {"vae.x": torch.ones(1)}
+    )
     assert torch.equal(plain.latent_in.weight, donor.latent_in.weight)
     wrong = MMDiT(dit_config("tiny", **{**SMALL, "depth": 1}))
     with pytest.raises(ValueError, match="unexpected"):
@@ -123,11 +133,14 @@ def test_sequential_rope_depends_on_order():
 
 
 def rotation_matrix(position: float, dim: int, theta: float = 10_000.0) -> np.ndarray:
-    """Direct RoPE: block-diagonal 2x2 rotations of pairs (2j, 2j+1) by position * theta^(-2j/dim)."""
+    """Direct RoPE: block-diagonal 2x2 rotations of pairs (2j, 2j+1) by pos * theta^(-2j/dim)."""
     r = np.zeros((dim, dim))
     for j in range(dim // 2):
         a = position * theta ** (-2 * j / dim)
-        r[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]
+        r[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = [
+            [math.cos(a), -math.sin(a)],
+            [math.sin(a), math.cos(a)],
+        ]
     return r
 
 
@@ -255,7 +268,9 @@ def expected_parameters(c) -> int:
     return embed + c.depth * 2 * stream + c.depth_single_blocks * single + final
 
 
-@pytest.mark.parametrize("preset,low,high", [("paper-0.39b", 0.38e9, 0.40e9), ("hunyuan3d-2", 1.05e9, 1.15e9)])
+@pytest.mark.parametrize(
+    "preset,low,high", [("paper-0.39b", 0.38e9, 0.40e9), ("hunyuan3d-2", 1.05e9, 1.15e9)]
+)
 @pytest.mark.parametrize("vape", ["none", "va-lpe"])
 def test_large_presets_on_meta_device(preset, low, high, vape):
     config = dit_config(preset, vape=vape)

@@ -1,8 +1,8 @@
 """The MM-DiT's typed configuration and its named presets.
 
-``DiTConfig`` mirrors the constructor of hy3dgen 2.0.2's ``Hunyuan3DDiT`` (so a Hunyuan3D-2 checkpoint
-maps onto it one to one) plus the VAPE switch. Presets are plain dicts of overrides so a YAML file or
-CLI override can start from one: ``dit_config("paper-0.39b", vape="va-rope")``.
+``DiTConfig`` mirrors the constructor of hy3dgen 2.0.2's ``Hunyuan3DDiT`` (so a Hunyuan3D-2
+checkpoint maps onto it one to one) plus the VAPE switch. Presets are plain dicts of overrides so
+a YAML file or CLI override can start from one: ``dit_config("paper-0.39b", vape="va-rope")``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,14 @@ class DiTConfig:
     visible_ratio: float = 1.0 / 3.0
 
     def __post_init__(self) -> None:
-        positive = ("in_channels", "context_in_dim", "hidden_size", "num_heads", "mlp_ratio", "theta")
+        positive = (
+            "in_channels",
+            "context_in_dim",
+            "hidden_size",
+            "num_heads",
+            "mlp_ratio",
+            "theta",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -69,7 +76,9 @@ class DiTConfig:
                 f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
             )
         if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} (hidden_size / num_heads) must be even for RoPE")
+            raise ValueError(
+                f"head_dim {self.head_dim} (hidden_size / num_heads) must be even for RoPE"
+            )
         if self.vape not in VAPE_KINDS:
             raise ValueError(f"vape {self.vape!r} is not one of {', '.join(VAPE_KINDS)}")
         if not 0.0 <= self.visible_ratio <= 1.0:
@@ -84,7 +93,11 @@ class DiTConfig:
 PRESETS: dict[str, dict] = {
     # CPU tests and the demo: seconds per hundred steps on one core.
     "tiny": dict(
-        in_channels=8, context_in_dim=64, hidden_size=64, num_heads=4, depth=2,
+        in_channels=8,
+        context_in_dim=64,
+        hidden_size=64,
+        num_heads=4,
+        depth=2,
         depth_single_blocks=2,
     ),
     # The paper's ablation size (0.39B). The paper gives only the parameter count; we keep

@@ -128,7 +128,9 @@ class DoubleStreamBlock(nn.Module):
         """shape (B, N, C), cond (B, L_c, C), vec (B, C); pe: a VAPE encoding or None."""
         shape_mod1, shape_mod2 = self.img_mod(vec)
         cond_mod1, cond_mod2 = self.txt_mod(vec)
-        shape_q, shape_k, shape_v = self.img_attn.qkv_heads(shape_mod1.modulate(self.img_norm1(shape)))
+        shape_q, shape_k, shape_v = self.img_attn.qkv_heads(
+            shape_mod1.modulate(self.img_norm1(shape))
+        )
         cond_q, cond_k, cond_v = self.txt_attn.qkv_heads(cond_mod1.modulate(self.txt_norm1(cond)))
         if pe is not None:
             cond_q, cond_k, shape_q, shape_k = pe(cond_q, cond_k, shape_q, shape_k)
@@ -166,7 +168,9 @@ class SingleStreamBlock(nn.Module):
         """x (B, L, C), vec (B, C) -> (B, L, C)."""
         mod, _ = self.modulation(vec)
         qkv, mlp_in = torch.split(
-            self.linear1(mod.modulate(self.pre_norm(x))), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1
+            self.linear1(mod.modulate(self.pre_norm(x))),
+            [3 * self.hidden_size, self.mlp_hidden_dim],
+            dim=-1,
         )
         q, k, v = rearrange(qkv, "B L (K H D) -> K B H L D", K=3, H=self.num_heads)
         q, k = self.norm(q, k, v)
@@ -181,7 +185,9 @@ class LastLayer(nn.Module):
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, out_channels, bias=True)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True)
+        )
 
     def forward(self, x: Tensor, vec: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(vec).chunk(2, dim=1)

@@ -40,7 +40,9 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.flatten(-2).type_as(x)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000, time_factor: float = 1000.0):
+def timestep_embedding(
+    t: Tensor, dim: int, max_period: float = 10_000, time_factor: float = 1000.0
+):
     """Sinusoidal embedding of t (B,) -> (B, dim): [cos(args), sin(args)], args = t*factor*freqs."""
     t = time_factor * t
     half = dim // 2

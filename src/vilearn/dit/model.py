@@ -18,7 +18,7 @@ from vilearn.dit.vape import VAPE
 
 
 class MMDiT(nn.Module):
-    """Velocity model v(x_t, t | image tokens, visibility); the flow convention is in ``vilearn.flow``."""
+    """Velocity model v(x_t, t | image tokens, visibility); flow convention: ``vilearn.flow``."""
 
     def __init__(self, config: DiTConfig, init: bool = True):
         super().__init__()
@@ -94,7 +94,9 @@ class MMDiT(nn.Module):
         vec = self.time_in(timestep_embedding(t, 256, self.config.time_factor).to(shape.dtype))
         if self.config.guidance_embed:
             if guidance is None:
-                raise ValueError("guidance (B,) is required by a guidance-distilled model (guidance_embed)")
+                raise ValueError(
+                    "guidance (B,) is required by a guidance-distilled model (guidance_embed)"
+                )
             vec = vec + self.guidance_in(timestep_embedding(guidance, 256, self.config.time_factor))
         cond = self.cond_in(cond)  # (B, L_c, W)
 
@@ -132,7 +134,8 @@ class MMDiT(nn.Module):
         if missing or unexpected:
             raise ValueError(
                 f"state dict does not match this DiTConfig: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]} ({len(missing)} missing, {len(unexpected)} unexpected)"
+                f"unexpected {unexpected[:5]} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected)"
             )
         merged = {**{k: own[k] for k in vape_keys if k not in state}, **state}
         self.load_state_dict(merged, strict=True)
@@ -144,7 +147,7 @@ def hunyuan3d_denoiser_state(checkpoint: Mapping[str, Tensor]) -> dict[str, Tens
     if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
         return dict(checkpoint["model"])
     if any(k.startswith("model.") for k in checkpoint):
-        return {k[len("model."):]: v for k, v in checkpoint.items() if k.startswith("model.")}
+        return {k[len("model.") :]: v for k, v in checkpoint.items() if k.startswith("model.")}
     return dict(checkpoint)
 
 

@@ -8,11 +8,11 @@ categories are: image tokens and visible shape tokens (VST) are "visible", invis
 - ``none``: no positional encoding (the permutation-invariant VecSet baseline).
 - ``va-rope``: RoPE (base ``theta`` over the head dimension) whose position is the category:
   visible tokens at m, invisible tokens at n. Only relative rotation enters a logit,
-  (R_m q) . (R_n k) = q . (R_{n-m} k), so we rotate the IST by n - m and leave image tokens and VST
-  untouched: the logits, hence the outputs, are those of rotating by m and n, for any m, and the cost
-  is one rotation of the shape stream's Q/K (none at all for the image tokens).
-- ``va-lpe``: learnable e_v, e_i (head dimension, one pair per double-stream block) added to Q and K:
-  e_v on image tokens and VST, e_i on IST.
+  (R_m q) . (R_n k) = q . (R_{n-m} k), so we rotate the IST by n - m and leave image tokens and
+  VST untouched: the logits, hence the outputs, are those of rotating by m and n, for any m, and
+  the cost is one rotation of the shape stream's Q/K (none at all for the image tokens).
+- ``va-lpe``: learnable e_v, e_i (head dimension, one pair per double-stream block) added to Q
+  and K: e_v on image tokens and VST, e_i on IST.
 - ``rope``: ordinary sequential RoPE over [image tokens, shape tokens] (the paper's ablation).
 
 At inference there is no ground-truth visibility: ``fixed_partition`` marks the first ceil(N * r)
@@ -35,9 +35,15 @@ QK = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def fixed_partition(n_tokens: int, ratio: float = 1.0 / 3.0, batch: int = 1, device=None) -> Tensor:
-    """Inference visibility: the first ceil(n_tokens * ratio) tokens are visible. -> (batch, N) bool."""
+    """Inference visibility: the first ceil(n_tokens * ratio) tokens are visible.
+
+    Returns:
+        (batch, n_tokens) bool.
+    """
     if n_tokens < 0 or batch < 1:
-        raise ValueError(f"fixed_partition: need n_tokens >= 0 and batch >= 1, got {n_tokens}, {batch}")
+        raise ValueError(
+            f"fixed_partition: need n_tokens >= 0 and batch >= 1, got {n_tokens}, {batch}"
+        )
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"fixed_partition: ratio must be in [0, 1], got {ratio!r}")
     n_visible = math.ceil(round(n_tokens * ratio, 9))  # round: 300 * (1/3) is 100.00000000000001
@@ -68,9 +74,18 @@ class SequentialRope:
 
     def __call__(self, cond_q: Tensor, cond_k: Tensor, shape_q: Tensor, shape_k: Tensor) -> QK:
         n_cond = cond_q.shape[2]
-        c_cos, c_sin, s_cos, s_sin = self.cos[:n_cond], self.sin[:n_cond], self.cos[n_cond:], self.sin[n_cond:]
-        return (rotate(cond_q, c_cos, c_sin), rotate(cond_k, c_cos, c_sin),
-                rotate(shape_q, s_cos, s_sin), rotate(shape_k, s_cos, s_sin))
+        c_cos, c_sin, s_cos, s_sin = (
+            self.cos[:n_cond],
+            self.sin[:n_cond],
+            self.cos[n_cond:],
+            self.sin[n_cond:],
+        )
+        return (
+            rotate(cond_q, c_cos, c_sin),
+            rotate(cond_k, c_cos, c_sin),
+            rotate(shape_q, s_cos, s_sin),
+            rotate(shape_k, s_cos, s_sin),
+        )
 
 
 @dataclass
@@ -138,7 +153,9 @@ class VAPE(nn.Module):
             return None
         if self.kind == "rope":
             positions = torch.arange(n_cond + n_shape, device=device)
-            return [SequentialRope(*rope_cos_sin(positions, self.head_dim, self.theta))] * self.depth
+            return [
+                SequentialRope(*rope_cos_sin(positions, self.head_dim, self.theta))
+            ] * self.depth
         invisible = self._invisible(visible, n_shape)
         if self.kind == "va-rope":
             delta = torch.tensor(self.n - self.m, device=invisible.device)
@@ -157,6 +174,7 @@ class VAPE(nn.Module):
             )
         if visible.dtype != torch.bool or visible.dim() != 2 or visible.shape[1] != n_shape:
             raise ValueError(
-                f"visible must be a (B, {n_shape}) bool tensor, got {tuple(visible.shape)} {visible.dtype}"
+                f"visible must be a (B, {n_shape}) bool tensor, "
+                f"got {tuple(visible.shape)} {visible.dtype}"
             )
         return ~visible[:, None, :, None]  # (B, 1, N, 1)

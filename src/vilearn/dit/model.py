@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from vilearn.dit.config import DiTConfig
 from vilearn.dit.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock
 from vilearn.dit.math import timestep_embedding
-from vilearn.dit.vape import VAPE
+from vilearn.dit.vape import VAPE, fixed_partition
 
 
 class MMDiT(nn.Module):
@@ -108,6 +108,13 @@ class MMDiT(nn.Module):
         for block in self.single_blocks:
             tokens = block(tokens, vec)
         return self.final_layer(tokens[:, cond.shape[1] :], vec)  # (B, N, C)
+
+    def inference_visibility(self, batch: int, n_tokens: int, device=None) -> Tensor | None:
+        """The paper's fixed partition for sampling (first ceil(N * r) visible), or None when
+        this model's VAPE ignores visibility. -> (batch, n_tokens) bool."""
+        if self.config.vape in ("none", "rope"):
+            return None
+        return fixed_partition(n_tokens, self.config.visible_ratio, batch, device=device)
 
     def _check_inputs(self, x: Tensor, t: Tensor, cond: Tensor) -> None:
         c = self.config

@@ -20,24 +20,27 @@ def rope_frequencies(dim: int, theta: float, device=None) -> Tensor:
     return theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
 
 
-def rope_cos_sin(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos, sin of position * omega. positions (...,) -> two (..., dim/2) float32 tensors.
+def rope_tables(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """Rotation tables for ``rotate``: positions (...,) -> cos, sin, each (..., dim) float32.
 
-    Angles are formed in float64 so large positions keep their precision.
+    Pair j = (x[2j], x[2j+1]) turns by position * omega_j: cos = [c_0, c_0, c_1, c_1, ...] and
+    sin = [-s_0, s_0, -s_1, s_1, ...]. Angles are formed in float64 (large positions stay exact).
     """
     angles = positions.to(torch.float64)[..., None] * rope_frequencies(dim, theta, positions.device)
-    return angles.cos().float(), angles.sin().float()
+    cos = angles.cos().repeat_interleave(2, dim=-1)
+    sin = torch.stack((-angles.sin(), angles.sin()), dim=-1).flatten(-2)
+    return cos.float(), sin.float()
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate each pair (x[2j], x[2j+1]) by angle_j (flux/RoFormer layout).
+    """RoPE: each pair (x[2j], x[2j+1]) rotated by its angle (flux/RoFormer layout).
 
-    x (..., L, D); cos, sin broadcastable to (..., L, D/2). Returns x's shape and dtype.
+    x (..., L, D); cos, sin from ``rope_tables``, broadcastable to (..., L, D). Computed as
+    x * cos + swap(x) * sin with swap (x0, x1) -> (x1, x0): two products, no gather.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # (..., L, D/2, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (xf * cos + swapped * sin).type_as(x)
 
 
 def timestep_embedding(

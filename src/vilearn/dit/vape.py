@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from vilearn.dit.config import DiTConfig
-from vilearn.dit.math import rope_cos_sin, rotate
+from vilearn.dit.math import rope_tables, rotate
 
 QK = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -69,8 +69,8 @@ def mask_from_indices(indices: Sequence[Tensor], n_tokens: int, device=None) -> 
 class SequentialRope:
     """``rope``: positions 0..L_c-1 for image tokens, L_c..L_c+N-1 for shape tokens."""
 
-    cos: Tensor  # (L_c + N, D/2)
-    sin: Tensor  # (L_c + N, D/2)
+    cos: Tensor  # (L_c + N, D)
+    sin: Tensor  # (L_c + N, D)
 
     def __call__(self, cond_q: Tensor, cond_k: Tensor, shape_q: Tensor, shape_k: Tensor) -> QK:
         n_cond = cond_q.shape[2]
@@ -90,16 +90,27 @@ class SequentialRope:
 
 @dataclass
 class CategoryRope:
-    """``va-rope``: IST rotated by n - m relative to image tokens and VST (see module docstring)."""
+    """``va-rope``: IST rotated by n - m relative to image tokens and VST (see module docstring).
 
-    cos: Tensor  # (D/2,) cos((n - m) * omega)
-    sin: Tensor  # (D/2,)
-    invisible: Tensor  # (B, 1, N, 1) bool
+    Per-token tables (identity on VST) are built once per forward and shared by all blocks.
+    """
+
+    cos: Tensor  # (B, 1, N, D)
+    sin: Tensor  # (B, 1, N, D)
+
+    @classmethod
+    def build(cls, invisible: Tensor, delta: float, dim: int, theta: float) -> CategoryRope:
+        """invisible (B, 1, N, 1) bool; IST turn by ``delta`` = n - m."""
+        cos, sin = rope_tables(torch.tensor(delta, device=invisible.device), dim, theta)
+        return cls(torch.where(invisible, cos, 1.0), torch.where(invisible, sin, 0.0))
 
     def __call__(self, cond_q: Tensor, cond_k: Tensor, shape_q: Tensor, shape_k: Tensor) -> QK:
-        shape_q = torch.where(self.invisible, rotate(shape_q, self.cos, self.sin), shape_q)
-        shape_k = torch.where(self.invisible, rotate(shape_k, self.cos, self.sin), shape_k)
-        return cond_q, cond_k, shape_q, shape_k
+        return (
+            cond_q,
+            cond_k,
+            rotate(shape_q, self.cos, self.sin),
+            rotate(shape_k, self.cos, self.sin),
+        )
 
 
 @dataclass
@@ -153,14 +164,11 @@ class VAPE(nn.Module):
             return None
         if self.kind == "rope":
             positions = torch.arange(n_cond + n_shape, device=device)
-            return [
-                SequentialRope(*rope_cos_sin(positions, self.head_dim, self.theta))
-            ] * self.depth
+            return [SequentialRope(*rope_tables(positions, self.head_dim, self.theta))] * self.depth
         invisible = self._invisible(visible, n_shape)
         if self.kind == "va-rope":
-            delta = torch.tensor(self.n - self.m, device=invisible.device)
-            cos, sin = rope_cos_sin(delta, self.head_dim, self.theta)
-            return [CategoryRope(cos, sin, invisible)] * self.depth
+            rope = CategoryRope.build(invisible, self.n - self.m, self.head_dim, self.theta)
+            return [rope] * self.depth
         return [
             CategoryEmbedding(self.visible_embed[i], self.invisible_embed[i], invisible)
             for i in range(self.depth)

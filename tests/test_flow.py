@@ -192,3 +192,26 @@ def test_overfit_one_batch_drives_the_loss_down():
     )
     assert math.isfinite(after) and after < 0.65 * before
     assert after < gaussian - 0.1  # it learned this batch, not just its channel statistics
+
+
+def test_generate_latents_end_to_end():
+    from vilearn.dit import ConditionerConfig, build_conditioner
+    from vilearn.flow import generate_latents
+
+    conditioner = build_conditioner(
+        ConditionerConfig(image_size=32, patch_size=8, width=16, depth=1, num_heads=2), 16
+    )
+    model = MMDiT(dit_config("tiny", **TINY, vape="va-lpe"))
+    image = torch.full((40, 50, 3), 255, dtype=torch.uint8).numpy()
+    image[5:30, 10:20] = 30
+    stats = LatentStats(torch.zeros(8), torch.full((8,), 2.0))
+    kwargs = dict(n_tokens=9, steps=3, cfg_scale=2.0, seed=3, stats=stats)
+    a = generate_latents(model, conditioner, [image, image], **kwargs)
+    b = generate_latents(model, conditioner, [image, image], **kwargs)
+    assert a.shape == (2, 9, 8) and torch.equal(a, b)
+    noise = torch.randn(2, 9, 8, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, 2.0 * noise)  # zero-initialised output: the noise, denormalised
+    with pytest.raises(ValueError, match="latent stats have 4 channels"):
+        generate_latents(
+            model, conditioner, [image], **{**kwargs, "stats": LatentStats.identity(4)}
+        )

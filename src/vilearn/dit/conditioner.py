@@ -183,6 +183,13 @@ class ImageConditioner(nn.Module):
             tokens = drop_condition(tokens, self.null_tokens, self.config.drop_prob, generator)
         return tokens
 
+    @property
+    def image_size(self) -> int:
+        """Side of the square images to prepare (``prepare_condition_image(image, size=...)``)."""
+        if self.config.kind == "dinov2":
+            return self.config.image_size or self.encoder.crop[0]
+        return self.config.image_size
+
     def null(self, batch: int) -> Tensor:
         """The unconditional input for classifier-free guidance: (batch, L_c, out_dim)."""
         return self.null_tokens.expand(batch, -1, -1)

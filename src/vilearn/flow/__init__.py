@@ -16,6 +16,7 @@ The network sees t itself (it scales it by 1000 inside its timestep embedding).
 
 from vilearn.flow.normalize import LatentStats
 from vilearn.flow.objective import FlowLoss, flow_matching_loss, interpolate, velocity_target
+from vilearn.flow.pipeline import generate_latents
 from vilearn.flow.sampling import cfg_velocity, euler_sample, sample_latents, time_grid
 from vilearn.flow.timesteps import TimestepConfig, sample_timesteps, shift_sigma
 
@@ -26,6 +27,7 @@ __all__ = [
     "cfg_velocity",
     "euler_sample",
     "flow_matching_loss",
+    "generate_latents",
     "interpolate",
     "sample_latents",
     "sample_timesteps",

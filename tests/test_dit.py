@@ -281,3 +281,19 @@ def test_large_presets_on_meta_device(preset, low, high, vape):
     print(f"{preset} vape={vape}: {count:,} parameters")
     assert count == expected_parameters(config) + extra
     assert low < count < high
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    _, model = twin("va-rope")
+    model.train()
+    x, t, cond = inputs()
+    visible = random_visible(2, 12)
+    grads = []
+    for flag in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing = flag
+        model(x, t, cond, visible=visible).square().mean().backward()
+        grads.append(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        )
+    torch.testing.assert_close(grads[0], grads[1])

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vilearn.dit.config import DiTConfig
 from vilearn.dit.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock
@@ -38,6 +39,7 @@ class MMDiT(nn.Module):
         )
         self.final_layer = LastLayer(width, config.in_channels)
         self.vape = VAPE(config)
+        self.gradient_checkpointing = False  # recompute each block in backward (saves memory)
         if init:
             self.initialize_weights()
 
@@ -102,12 +104,18 @@ class MMDiT(nn.Module):
 
         pes = self.vape(visible, cond.shape[1], shape.shape[1], device=x.device)
         for i, block in enumerate(self.double_blocks):
-            shape, cond = block(shape, cond, vec, pe=None if pes is None else pes[i])
+            pe = None if pes is None else pes[i]
+            shape, cond = self._run(block, shape, cond, vec, pe)
 
         tokens = torch.cat((cond, shape), 1)  # (B, L_c + N, W)
         for block in self.single_blocks:
-            tokens = block(tokens, vec)
+            tokens = self._run(block, tokens, vec)
         return self.final_layer(tokens[:, cond.shape[1] :], vec)  # (B, N, C)
+
+    def _run(self, block: nn.Module, *args):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def inference_visibility(self, batch: int, n_tokens: int, device=None) -> Tensor | None:
         """The paper's fixed partition for sampling (first ceil(N * r) visible), or None when

@@ -165,7 +165,7 @@ class VAPE(nn.Module):
         if self.kind == "rope":
             positions = torch.arange(n_cond + n_shape, device=device)
             return [SequentialRope(*rope_tables(positions, self.head_dim, self.theta))] * self.depth
-        invisible = self._invisible(visible, n_shape)
+        invisible = self._invisible(visible, n_shape, device)
         if self.kind == "va-rope":
             rope = CategoryRope.build(invisible, self.n - self.m, self.head_dim, self.theta)
             return [rope] * self.depth
@@ -174,7 +174,7 @@ class VAPE(nn.Module):
             for i in range(self.depth)
         ]
 
-    def _invisible(self, visible: Tensor | None, n_shape: int) -> Tensor:
+    def _invisible(self, visible: Tensor | None, n_shape: int, device) -> Tensor:
         if visible is None:
             raise ValueError(
                 f"vape {self.kind!r} needs visible (B, N) bool; at inference pass "
@@ -185,4 +185,4 @@ class VAPE(nn.Module):
                 f"visible must be a (B, {n_shape}) bool tensor, "
                 f"got {tuple(visible.shape)} {visible.dtype}"
             )
-        return ~visible[:, None, :, None]  # (B, 1, N, 1)
+        return ~visible.to(device)[:, None, :, None]  # (B, 1, N, 1)

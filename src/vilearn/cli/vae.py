@@ -1,0 +1,134 @@
+"""``vilearn train-vae``, ``encode`` and ``decode``: thin wrappers over ``vilearn.vae``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vilearn.cli.app import app, console, fail
+
+
+@app.command("train-vae")
+def train_vae_command(
+    dataset: Path = typer.Argument(..., help="Prepared dataset folder (manifest.jsonl, shapes/)."),
+    config: str = typer.Option("vae-tiny", "--config", "-c",
+                               help="YAML file, or a packaged config name."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Run folder (resumes if it has checkpoints)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: key.sub=value."),
+    max_steps: int = typer.Option(None, "--max-steps",
+                                  help="Stop after this step (the schedule keeps train.steps)."),
+) -> None:
+    """Train a VecSet VAE (occupancy BCE + KL) on Accelerate; resumes exactly from RUN."""
+    from vilearn.config import ConfigError, load_config
+    from vilearn.vae.train import train_vae
+    from vilearn.vae.train_config import TrainVAEConfig
+
+    try:
+        cfg = load_config(TrainVAEConfig, config, set_)
+    except ConfigError as error:
+        raise fail(str(error)) from error
+    if not (dataset / "manifest.jsonl").is_file():
+        raise fail(f"{dataset}: not a prepared dataset (no manifest.jsonl)")
+
+    def show(record: dict) -> None:
+        keys = ("step", "loss", "recon", "kl", "accuracy", "lr", "iou_uniform", "iou_near",
+                "chamfer", "fscore")
+        console.print("  ".join(f"{k}={record[k]:.4g}" if isinstance(record[k], float)
+                                else f"{k}={record[k]}" for k in keys if k in record))
+
+    try:
+        train_vae(dataset, cfg, out, max_steps=max_steps, on_log=show)
+    except ConfigError as error:
+        raise fail(str(error)) from error
+    console.print(f"[green]done[/]: weights in {out / 'vae'}")
+
+
+def _parse_tokens(text: str) -> list[int]:
+    try:
+        tokens = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise fail(f"--tokens {text!r}: expected comma-separated integers like 256,1024") from None
+    if not tokens or min(tokens) < 1:
+        raise fail(f"--tokens {text!r}: token counts must be positive")
+    return tokens
+
+
+@app.command("encode")
+def encode_command(
+    dataset: Path = typer.Argument(..., help="Prepared dataset folder."),
+    vae: Path = typer.Option(..., "--vae", help="Training run, checkpoint or VAE weights."),
+    tokens: str = typer.Option("256", "--tokens", help="Token counts, e.g. 256,1024."),
+    surface_points: int = typer.Option(8192, "--surface-points",
+                                       help="Surface samples fed to the encoder per shape."),
+    name: str = typer.Option(None, "--name", help="Latents folder name (default: the VAE's)."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Encode every shape into latents (mean, logvar, FPS anchors) per token count; resumable."""
+    import time
+
+    from vilearn.cli.progress import progress_bar, rate_text
+    from vilearn.vae.data import read_manifest
+    from vilearn.vae.encode import encode_dataset, latents_dir
+    from vilearn.vae.resolve import resolve_vae, vae_name
+
+    counts = _parse_tokens(tokens)
+    try:
+        rows = read_manifest(dataset)
+        model = resolve_vae(vae, device=device)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise fail(str(error)) from error
+    label = name or vae_name(vae)
+    start, fresh = time.perf_counter(), 0
+
+    def advance(shape_id: str, encoded: bool) -> None:
+        nonlocal fresh
+        fresh += encoded
+        bar.update(task, advance=1, rate=rate_text(fresh, time.perf_counter() - start, "shapes"))
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"encode ({label})", total=len(rows), failed=0, rate="")
+        try:
+            stats = encode_dataset(dataset, model, label, counts, surface_points, on_shape=advance)
+        except ValueError as error:
+            raise fail(str(error)) from error
+    for n, s in stats.items():
+        console.print(f"N={n}: {s['shapes']} shapes, global std {s['global_std']:.4f} -> "
+                      f"{latents_dir(dataset, label, n)}")
+
+
+@app.command("decode")
+def decode_command(
+    latents: Path = typer.Argument(..., help="A latents .safetensors file (from encode)."),
+    vae: Path = typer.Option(..., "--vae", help="Training run, checkpoint or VAE weights."),
+    out: Path = typer.Option(..., "--out", "-o", help="Mesh file: .glb, .obj or .ply."),
+    resolution: int = typer.Option(256, "--resolution"),
+    method: str = typer.Option("hierarchical", "--method", help="hierarchical or dense."),
+    coarse: int = typer.Option(64, "--coarse", help="Coarse grid of the hierarchical method."),
+    key: str = typer.Option("mean", "--key", help="Tensor to decode from the file."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Decode one latents file to a mesh."""
+    from safetensors.torch import load_file
+
+    from vilearn.vae.extract import latents_to_mesh
+    from vilearn.vae.resolve import resolve_vae
+    from vilearn.vae.surface import EXPORT_FORMATS, export_mesh
+
+    if out.suffix.lstrip(".").lower() not in EXPORT_FORMATS:
+        raise fail(f"--out {out}: use one of {', '.join(EXPORT_FORMATS)}")
+    if method not in ("hierarchical", "dense"):
+        raise fail(f"--method {method!r}: hierarchical or dense")
+    try:
+        tensors = load_file(str(latents))
+        if key not in tensors:
+            raise KeyError(f"{latents}: no tensor {key!r} (has {', '.join(sorted(tensors))})")
+        model = resolve_vae(vae, device=device)
+        mesh, grid = latents_to_mesh(model, tensors[key], method, resolution,
+                                     coarse_resolution=min(coarse, resolution))
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise fail(str(error)) from error
+    export_mesh(mesh, out)
+    console.print(f"{out}: {len(mesh.verts)} vertices, {len(mesh.faces)} faces "
+                  f"({grid.queries:,} decoder queries)")

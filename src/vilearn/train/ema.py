@@ -1,0 +1,45 @@
+"""Exponential moving average of a model's floating-point parameters and buffers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """shadow <- decay * shadow + (1 - decay) * param, with decay warmed up as
+    ``min(decay, (1 + step) / (10 + step))`` so early averages are not stuck at the init.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
+                       if v.dtype.is_floating_point}
+
+    def current_decay(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = self.current_decay(step)
+        for key, value in model.state_dict().items():
+            if key in self.shadow:
+                self.shadow[key].lerp_(value.detach().float(), 1.0 - decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        unexpected = set(state) - set(self.shadow)
+        if missing or unexpected:
+            raise KeyError(f"EMA state mismatch: missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]}")
+        self.shadow = {k: state[k].detach().clone().float() for k in self.shadow}
+
+    def averaged(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's state dict with the EMA values in place (other entries as they are)."""
+        return {k: self.shadow[k].to(v.dtype) if k in self.shadow else v
+                for k, v in model.state_dict().items()}

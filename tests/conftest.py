@@ -4,6 +4,8 @@ import pytest
 
 # Two cores are shared by test workers and the library's own threads: keep torch to one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Wide enough that rich does not wrap the error messages tests look for.
+os.environ["COLUMNS"] = "300"
 
 
 @pytest.fixture(autouse=True, scope="session")

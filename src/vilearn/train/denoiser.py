@@ -1,0 +1,36 @@
+"""The trainable whole: image conditioner + MM-DiT, one module for Accelerate, EMA and saving."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vilearn.dit.conditioner import ImageConditioner
+from vilearn.dit.model import MMDiT
+
+
+class Denoiser(nn.Module):
+    """``forward(x_t, t, images, visible)`` = ``dit(x_t, t, conditioner(images), visible)``."""
+
+    def __init__(self, dit: MMDiT, conditioner: ImageConditioner):
+        super().__init__()
+        self.dit, self.conditioner = dit, conditioner
+
+    def forward(self, x: Tensor, t: Tensor, images: Tensor, visible: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """x (B, N, C), t (B,), images (B, 3, S, S), visible (B, N) bool -> velocity (B, N, C)."""
+        return self.dit(x, t, self.conditioner(images, generator=generator), visible=visible)
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The state worth saving: everything but a frozen pretrained image encoder."""
+        frozen = self.conditioner.config.kind == "dinov2"
+        return {k: v for k, v in self.state_dict().items()
+                if not (frozen and k.startswith("conditioner.encoder."))}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        frozen = self.conditioner.config.kind == "dinov2"
+        missing = [k for k in missing if not (frozen and k.startswith("conditioner.encoder."))]
+        if missing or unexpected:
+            raise KeyError(f"checkpoint does not fit the model: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")

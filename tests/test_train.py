@@ -191,3 +191,14 @@ def test_loss_by_timestep_bucket_is_logged(encoded, tmp_path):
     buckets = [k for k in row if k.startswith("loss_t")]
     assert buckets and all(np.isfinite(row[k]) for k in buckets)
     assert {"steps_per_s", "samples_per_s", "lr", "grad_norm"} <= set(row)
+
+
+@pytest.mark.parametrize("name", ["dit-tiny", "paper-0.39b", "paper-1.1b"])
+def test_packaged_train_configs_are_valid(name):
+    config = load_config(TrainConfig, name)
+    assert config.optim.lr > 0 and config.stages
+    tokens = [stage.tokens for stage in config.stages]
+    assert tokens == sorted(tokens)
+    if name.startswith("paper"):
+        assert config.optim.lr == 1e-4 and config.train.precision == "bf16"
+        assert tokens[:3] == [256, 1024, 2048] and config.dit.in_channels == 64

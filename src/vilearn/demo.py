@@ -172,7 +172,7 @@ def _report(out: Path, dataset: Path, vae, runs: dict[str, Path], settings: Demo
             latents = generate_latents(model.model.dit, model.model.conditioner, [prepared],
                                        n_tokens=settings.tokens, steps=25, cfg_scale=3.0, seed=0,
                                        stats=model.stats[settings.tokens])
-            mesh = generated_mesh(vae, latents[0], resolution=96)
+            mesh = generated_mesh(vae, latents[0], resolution=128)
             if len(mesh.faces):
                 export_mesh(mesh, report / "meshes" / f"{shape_id}-{view}-{variant}.glb")
             row.append(render_mesh(mesh.verts, mesh.faces, camera))

@@ -22,15 +22,9 @@ from torch.utils.data import Dataset, Sampler
 
 from vilearn.data.dataset import PreparedDataset
 from vilearn.dit.preprocess import prepare_condition_image
+from vilearn.grouping.store import groups_path
 from vilearn.train.runtime import step_seed
-
-
-def latents_dir(dataset: str | Path, vae_name: str, tokens: int) -> Path:
-    return Path(dataset) / "latents" / vae_name / str(tokens)
-
-
-def groups_path(dataset: str | Path, vae_name: str, tokens: int, shape_id: str) -> Path:
-    return latents_dir(dataset, vae_name, tokens) / "groups" / f"{shape_id}.npz"
+from vilearn.vae.encode import latents_dir
 
 
 class LatentViewDataset(Dataset):

@@ -42,13 +42,14 @@ from vilearn.train.checkpoint import (
     save_checkpoint,
 )
 from vilearn.train.config import TrainConfig
-from vilearn.train.data import LatentViewDataset, StepBatches, latents_dir
+from vilearn.train.data import LatentViewDataset, StepBatches
 from vilearn.train.denoiser import Denoiser
 from vilearn.train.ema import EMA
 from vilearn.train.logging import JSONLLogger
 from vilearn.train.rng import capture_rng_state, restore_rng_state
 from vilearn.train.runtime import git_commit, resolve_precision, step_seed
 from vilearn.train.schedule import lr_factor
+from vilearn.vae.encode import latents_dir
 
 BUCKETS = (0.25, 0.5, 0.75)  # loss is also logged by t in [0, .25), [.25, .5), ...
 

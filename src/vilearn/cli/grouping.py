@@ -37,7 +37,7 @@ def group_command(
 
     label = name or vae_name(vae)
     try:
-        shapes = len(PreparedDataset(dataset).ids())
+        ids = PreparedDataset(dataset).ids()
         counts = _parse_tokens(tokens) if tokens else token_counts(dataset, label)
         model = resolve_vae(vae, device=device)
     except (FileNotFoundError, ValueError, KeyError) as error:
@@ -52,7 +52,7 @@ def group_command(
                    rate=rate_text(fresh, time.perf_counter() - start, "shapes"))
 
     with progress_bar() as bar:
-        task = bar.add_task(f"group ({label})", total=shapes * len(counts), failed=0, rate="")
+        task = bar.add_task(f"group ({label})", total=len(ids) * len(counts), failed=0, rate="")
         try:
             summary = group_dataset(dataset, model, label, counts, max_bytes=max_mb * 2**20,
                                     on_shape=advance)
@@ -62,7 +62,7 @@ def group_command(
         console.print(f"  failed: {key}: {reason}")
     for n in counts:
         try:
-            stats = write_stats(groups_dir(dataset, label, n))
+            stats = write_stats(groups_dir(dataset, label, n), ids)
         except ValueError as error:
             console.print(f"N={n}: {error}")
             continue

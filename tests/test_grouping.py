@@ -119,10 +119,20 @@ def test_softmax_is_averaged_over_heads_not_logits():
     assert got.item() == mean_probs.argmax().item()
 
 
+def test_in_place_head_sum_equals_the_vae_attention_probs():
+    from vilearn.grouping.assign import head_summed_probs
+    from vilearn.vae.layers import attention_probs
+
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(2, 3, 17, 8, generator=g), torch.randn(2, 3, 29, 8, generator=g)
+    assert torch.allclose(head_summed_probs(q, k) / 3, attention_probs(q, k), atol=1e-6)
+
+
 def test_chunk_size_respects_the_memory_budget():
     # Hunyuan3D-2 decoder: 16 heads; 4096 tokens; 512 MiB.
     chunk = chunk_points(1, 16, 4096, 512 * 2**20)
     assert 4 * 4096 * 33 * chunk <= 512 * 2**20 < 4 * 4096 * 33 * (chunk + 1)
+    assert chunk_points(1, 16, 4096, None) == chunk_points(1, 16, 4096, 16 * 2**20) == 31
     assert chunk_points(1, 16, 10**9, 1) == 1
     with pytest.raises(ValueError, match="max_bytes"):
         chunk_points(1, 16, 4096, 0)

@@ -122,8 +122,9 @@ def main() -> None:
             lines.append(f"| {name} | {n} | {shape_s:.2f} | {view_s:.2f} | {chunk} "
                          f"| {view_s / render_s:.1f}x |")
             print(lines[-1], flush=True)
-    lines += ["", f"Memory, {args.memory_points} points x 4096 tokens (1-layer decoder, same heads), "
-              "peak RSS growth during the assignment:", ""]
+    lines += ["", f"Memory, {args.memory_points} points x 4096 tokens (1-layer decoder, same heads), in a "
+              "fresh process: growth of its peak RSS during the assignment, and that peak (imports "
+              "included):", ""]
     for name in args.configs.split(","):
         out = subprocess.run([sys.executable, __file__, "--memory-child", name, str(args.memory_points),
                               "4096", str(args.max_mb)], capture_output=True, text=True, check=True)

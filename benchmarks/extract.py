@@ -100,6 +100,7 @@ def main() -> None:
     field = field_from_decoder(vae.geo_decoder, tokens)
     r = args.resolution
     results: list[tuple[str, VolumeGrid, float]] = []
+    failures: list[str] = []
 
     with torch.no_grad():
         dense, t_dense = timed(lambda: dense_grid(field, r, chunk=args.chunk))
@@ -114,9 +115,14 @@ def main() -> None:
                                   ("hy3dgen HierarchicalVolumeDecoding",
                                    ae.HierarchicalVolumeDecoding())):
                 counting = CountingDecoder(vae.geo_decoder)
-                grid, seconds = timed(lambda d=decoder, c=counting: d(
-                    tokens, c, bounds=1.01, num_chunks=args.chunk, octree_resolution=r,
-                    enable_pbar=False))
+                try:
+                    grid, seconds = timed(lambda d=decoder, c=counting: d(
+                        tokens, c, bounds=1.01, num_chunks=args.chunk, octree_resolution=r,
+                        enable_pbar=False))
+                except (ValueError, RuntimeError) as error:
+                    failures.append(f"{name} failed after {counting.queries:,} queries: "
+                                    f"{type(error).__name__}: {error}")
+                    continue
                 results.append((name, VolumeGrid(grid[0].float(), 1.01, counting.queries),
                                 seconds))
 
@@ -128,7 +134,8 @@ def main() -> None:
         f"- command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
         f"- weights: `{args.vae}` ({sum(p.numel() for p in vae.parameters())} parameters, "
         f"width {vae.config.width}, {vae.config.num_decoder_layers} decoder layers)",
-        f"- latents: shape `{shape_id}` of `{args.dataset}`, {args.tokens} tokens (posterior mean)",
+        f"- latents: shape `{shape_id}` of `{args.dataset}`, {args.tokens} tokens (posterior sample, "
+        "seed 0)",
         f"- chunk: {args.chunk} points per decoder call; bounds [-1.01, 1.01]^3",
         "",
         "| method | decoder queries | seconds | speed-up vs dense | IoU vs vilearn dense "
@@ -139,6 +146,7 @@ def main() -> None:
         nan = int(torch.isnan(grid.values).sum())
         lines.append(f"| {name} | {grid.queries:,} | {seconds:.1f} | {t_dense / seconds:.1f}x "
                      f"| {grid_iou(dense, grid):.4f} | {nan:,} |")
+    lines += [f"\n{failure}" for failure in failures]
     lines += [
         "",
         f"Marching cubes on the hierarchical grid: {t_mc:.1f} s, {len(mesh.verts):,} vertices, "

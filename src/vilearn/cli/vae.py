@@ -79,6 +79,8 @@ def encode_command(
         model = resolve_vae(vae, device=device)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise fail(str(error)) from error
+    if not model.config.with_encoder:
+        raise fail(f"--vae {vae}: a decoder-only VAE (e.g. Hunyuan3D-2.0's) cannot encode shapes")
     label = name or vae_name(vae)
     start, fresh = time.perf_counter(), 0
 

@@ -42,6 +42,11 @@ class PreparedDataset:
         """The ids of the usable ('ok') shapes of ``split``, in manifest order."""
         return [row["id"] for row in self.rows(split)]
 
+    def mesh(self, shape_id: str) -> dict[str, np.ndarray]:
+        """The normalised mesh: vertices (V, 3) float32, faces (F, 3) int32, face_colors (F, 3) uint8."""
+        with np.load(self.layout.mesh(shape_id)) as data:
+            return {key: data[key] for key in data.files}
+
     def surface(self, shape_id: str) -> dict[str, np.ndarray]:
         """points (S, 3) float32, normals (S, 3) float32."""
         with np.load(self.layout.surface(shape_id)) as data:

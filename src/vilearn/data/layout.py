@@ -5,6 +5,8 @@ DATASET/
   dataset.json                  the resolved PrepareConfig and the format version
   manifest.jsonl                one row per shape, sorted by id (see ``ShapeRecord``)
   shapes/<id>/record.json       the shape's manifest row; written last, it marks the shape done
+  shapes/<id>/mesh.npz          the normalised mesh: vertices (V, 3) float32, faces (F, 3) int32,
+                                face_colors (F, 3) uint8
   shapes/<id>/surface.npz       points (S, 3) float32, normals (S, 3) float32
   shapes/<id>/occupancy.npz     uniform_points (U, 3), uniform_labels (U,) bool,
                                 near_points (M, 3), near_labels (M,) bool
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class DatasetLayout:
@@ -43,6 +45,9 @@ class DatasetLayout:
 
     def record(self, shape_id: str) -> Path:
         return self.shape_dir(shape_id) / "record.json"
+
+    def mesh(self, shape_id: str) -> Path:
+        return self.shape_dir(shape_id) / "mesh.npz"
 
     def surface(self, shape_id: str) -> Path:
         return self.shape_dir(shape_id) / "surface.npz"

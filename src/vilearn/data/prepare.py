@@ -137,6 +137,8 @@ def process_shape(source: Source, layout: DatasetLayout, config: PrepareConfig) 
         mesh = load_mesh(source.path, source.color)
         validate(mesh, config.max_faces, config.min_thickness)
         mesh, normalization = normalize(mesh, config.margin)
+        write_npz(layout.mesh(source.id), compress=True, vertices=mesh.vertices.astype(np.float32),
+                  faces=mesh.faces.astype(np.int32), face_colors=mesh.face_rgb())
         timings["load"] = time.perf_counter() - clock
 
         clock = time.perf_counter()

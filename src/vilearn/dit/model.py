@@ -1,0 +1,170 @@
+"""The MM-DiT denoiser: hy3dgen 2.0.2's ``Hunyuan3DDiT`` plus the VAPE switch.
+
+With ``vape="none"`` the parameters and the maths are those of ``Hunyuan3DDiT``, so a Hunyuan3D-2
+``hunyuan3d-dit-v2-0`` state dict loads with strict=True and predicts the same velocity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vilearn.dit.config import DiTConfig
+from vilearn.dit.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock
+from vilearn.dit.math import timestep_embedding
+from vilearn.dit.vape import VAPE, fixed_partition
+
+
+class MMDiT(nn.Module):
+    """Velocity model v(x_t, t | image tokens, visibility); flow convention: ``vilearn.flow``."""
+
+    def __init__(self, config: DiTConfig, init: bool = True):
+        super().__init__()
+        self.config = config
+        width = config.hidden_size
+        self.latent_in = nn.Linear(config.in_channels, width, bias=True)
+        self.time_in = MLPEmbedder(in_dim=256, hidden_dim=width)
+        self.cond_in = nn.Linear(config.context_in_dim, width)
+        self.guidance_in = MLPEmbedder(256, width) if config.guidance_embed else nn.Identity()
+        self.double_blocks = nn.ModuleList(
+            DoubleStreamBlock(width, config.num_heads, config.mlp_ratio, qkv_bias=config.qkv_bias)
+            for _ in range(config.depth)
+        )
+        self.single_blocks = nn.ModuleList(
+            SingleStreamBlock(width, config.num_heads, mlp_ratio=config.mlp_ratio)
+            for _ in range(config.depth_single_blocks)
+        )
+        self.final_layer = LastLayer(width, config.in_channels)
+        self.vape = VAPE(config)
+        self.gradient_checkpointing = False  # recompute each block in backward (saves memory)
+        if init:
+            self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's recipe: Xavier linears, N(0, 0.02) time embedder, adaLN-zero modulation and output.
+
+        At initialisation every block is the identity and the prediction is 0.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for embedder in (self.time_in, self.guidance_in):
+            if isinstance(embedder, MLPEmbedder):
+                nn.init.normal_(embedder.in_layer.weight, std=0.02)
+                nn.init.normal_(embedder.out_layer.weight, std=0.02)
+        for block in self.double_blocks:
+            for lin in (block.img_mod.lin, block.txt_mod.lin):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+        for block in self.single_blocks:
+            nn.init.zeros_(block.modulation.lin.weight)
+            nn.init.zeros_(block.modulation.lin.bias)
+        for lin in (self.final_layer.adaLN_modulation[1], self.final_layer.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.vape.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cond: Tensor,
+        visible: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the velocity.
+
+        Args:
+            x: (B, N, C) noisy latents x_t.
+            t: (B,) time in [0, 1] (0 = noise, 1 = data; see ``vilearn.flow``).
+            cond: (B, L_c, context_in_dim) image tokens.
+            visible: (B, N) bool, True for visible shape tokens (VST); needed by ``va-rope`` and
+                ``va-lpe``, ignored by ``none`` and ``rope``.
+            guidance: (B,) guidance strength, only for ``guidance_embed`` models.
+        Returns:
+            (B, N, C) velocity.
+        """
+        self._check_inputs(x, t, cond)
+        shape = self.latent_in(x)  # (B, N, W)
+        # hy3dgen passes its time_factor positionally, i.e. as max_period; t is scaled by 1000.
+        # Kept as is: Hunyuan3D-2 weights were trained with this embedding.
+        vec = self.time_in(timestep_embedding(t, 256, self.config.time_factor).to(shape.dtype))
+        if self.config.guidance_embed:
+            if guidance is None:
+                raise ValueError(
+                    "guidance (B,) is required by a guidance-distilled model (guidance_embed)"
+                )
+            vec = vec + self.guidance_in(timestep_embedding(guidance, 256, self.config.time_factor))
+        cond = self.cond_in(cond)  # (B, L_c, W)
+
+        pes = self.vape(visible, cond.shape[1], shape.shape[1], device=x.device)
+        for i, block in enumerate(self.double_blocks):
+            pe = None if pes is None else pes[i]
+            shape, cond = self._run(block, shape, cond, vec, pe)
+
+        tokens = torch.cat((cond, shape), 1)  # (B, L_c + N, W)
+        for block in self.single_blocks:
+            tokens = self._run(block, tokens, vec)
+        return self.final_layer(tokens[:, cond.shape[1] :], vec)  # (B, N, C)
+
+    def _run(self, block: nn.Module, *args):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def inference_visibility(self, batch: int, n_tokens: int, device=None) -> Tensor | None:
+        """The paper's fixed partition for sampling (first ceil(N * r) visible), or None when
+        this model's VAPE ignores visibility. -> (batch, n_tokens) bool."""
+        if self.config.vape in ("none", "rope"):
+            return None
+        return fixed_partition(n_tokens, self.config.visible_ratio, batch, device=device)
+
+    def _check_inputs(self, x: Tensor, t: Tensor, cond: Tensor) -> None:
+        c = self.config
+        if x.dim() != 3 or x.shape[-1] != c.in_channels:
+            raise ValueError(f"x must be (B, N, {c.in_channels}), got {tuple(x.shape)}")
+        if cond.dim() != 3 or cond.shape[-1] != c.context_in_dim or cond.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"cond must be ({x.shape[0]}, L_c, {c.context_in_dim}), got {tuple(cond.shape)}"
+            )
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must be ({x.shape[0]},), got {tuple(t.shape)}")
+
+    def load_hunyuan3d_state_dict(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Load a ``Hunyuan3DDiT`` state dict strictly; VAPE's own parameters may be absent.
+
+        Accepts the bare denoiser dict or a Hunyuan3D-2 checkpoint's (``{"model": {...}}`` or keys
+        prefixed ``model.``). Returns the VAPE parameter names left at their initial values.
+        """
+        state = hunyuan3d_denoiser_state(state_dict)
+        own = self.state_dict()
+        vape_keys = [k for k in own if k.startswith("vape.")]
+        missing = sorted(set(own) - set(state) - set(vape_keys))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"state dict does not match this DiTConfig: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected)"
+            )
+        merged = {**{k: own[k] for k in vape_keys if k not in state}, **state}
+        self.load_state_dict(merged, strict=True)
+        return [k for k in vape_keys if k not in state]
+
+
+def hunyuan3d_denoiser_state(checkpoint: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The denoiser's tensors from a Hunyuan3D-2 checkpoint dict (pure; no file access)."""
+    if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
+        return dict(checkpoint["model"])
+    if any(k.startswith("model.") for k in checkpoint):
+        return {k[len("model.") :]: v for k, v in checkpoint.items() if k.startswith("model.")}
+    return dict(checkpoint)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,74 @@
+"""Condition-image preprocessing, identical at training and at inference.
+
+The object is found from its alpha channel (RGBA input or an explicit mask) or, for an RGB image,
+as the pixels that are not white; it is composited onto white, cropped to its bounding box and
+padded to a centred square with a white border (``border_ratio`` of the side, hy3dgen's 0.15),
+then resized. Training reads the prepared views (RGB on white + mask) through the same function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def _as_rgba(image, mask, white_threshold: int) -> np.ndarray:
+    """-> (H, W, 4) float32 in [0, 1]; alpha from ``mask``, the image's alpha, or non-white."""
+    if isinstance(image, Image.Image):
+        has_alpha = "A" in image.mode or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"condition image must be (H, W, 3) or (H, W, 4), got {array.shape}")
+    scale = 255.0 if array.dtype == np.uint8 else 1.0
+    array = array.astype(np.float32) / scale
+    rgb = array[..., :3]
+    if mask is not None:
+        alpha = np.asarray(mask, dtype=np.float32)
+        alpha = alpha / 255.0 if alpha.max() > 1.0 else alpha
+        if alpha.shape != rgb.shape[:2]:
+            raise ValueError(f"mask {alpha.shape} does not match the image {rgb.shape[:2]}")
+    elif array.shape[-1] == 4:
+        alpha = array[..., 3]
+    else:
+        alpha = (rgb.min(-1) < white_threshold / 255.0).astype(np.float32)
+    return np.concatenate([rgb, alpha[..., None]], axis=-1)
+
+
+def prepare_condition_image(
+    image: Image.Image | np.ndarray,
+    size: int = 224,
+    border_ratio: float = 0.15,
+    mask: np.ndarray | None = None,
+    white_threshold: int = 250,
+) -> Tensor:
+    """Crop to the object, pad to a square on white, resize.
+
+    Args:
+        image: PIL image or (H, W, 3|4) array (uint8, or float in [0, 1]); RGBA uses its alpha.
+        size: output side in pixels.
+        border_ratio: white margin as a fraction of the output side.
+        mask: optional (H, W) object mask (bool, [0, 1] or uint8) overriding any alpha.
+        white_threshold: RGB without alpha: a pixel is background when every channel >= this.
+    Returns:
+        (3, size, size) float32 in [0, 1], object on white.
+    """
+    if not 0.0 <= border_ratio < 1.0:
+        raise ValueError(f"border_ratio must be in [0, 1), got {border_ratio!r}")
+    rgba = _as_rgba(image, mask, white_threshold)
+    alpha = rgba[..., 3:]
+    rgb = rgba[..., :3] * alpha + (1.0 - alpha)  # composite onto white
+    rows, cols = np.nonzero(alpha[..., 0] > 0.5)
+    if rows.size == 0:
+        raise ValueError("condition image has no object: empty alpha/mask or an all-white image")
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    crop = rgb[top:bottom, left:right]
+    side = int(np.ceil(max(crop.shape[:2]) / (1.0 - border_ratio)))
+    canvas = np.ones((side, side, 3), dtype=np.float32)
+    y, x = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    canvas[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
+    pil = Image.fromarray((canvas * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
+    resized = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    return torch.from_numpy(resized / 255.0).permute(2, 0, 1).contiguous()

@@ -18,12 +18,10 @@ from vilearn.grouping import (
     chunk_points,
     group_dataset,
     group_shape,
-    inference_partition,
     load_groups,
     measured_visible_ratio,
     save_groups,
     token_assignment,
-    visible_count,
     write_stats,
 )
 from vilearn.grouping.stats import describe_counts
@@ -310,14 +308,18 @@ def test_works_with_a_hunyuan3d_vae_loaded_through_our_loader(hy3dgen_ae, tmp_pa
 # --- partition and statistics -----------------------------------------------------------------
 
 
-def test_inference_partition_is_the_first_third():
-    assert visible_count(2048) == 683  # the paper's example
-    assert visible_count(3) == 1 and visible_count(300) == 100 and visible_count(4096) == 1366
-    assert visible_count(10, 0.0) == 0 and visible_count(10, 1.0) == 10
-    mask = inference_partition(2048)
-    assert mask.dtype == torch.bool and mask[:683].all() and not mask[683:].any()
-    with pytest.raises(ValueError, match="ratio"):
-        visible_count(10, 1.5)
+def test_measured_ratio_feeds_the_dit_fixed_partition(tmp_path):
+    from vilearn.dit.vape import fixed_partition
+    from vilearn.grouping import DEFAULT_VISIBLE_RATIO
+
+    assert fixed_partition(2048, DEFAULT_VISIBLE_RATIO)[0].sum() == 683  # the paper's example
+    folder = tmp_path / "latents" / "v" / "300" / "groups"
+    visible = np.zeros((1, 300), bool)
+    visible[0, :90] = True
+    save_groups(folder / "a.npz", Groups(visible, visible.astype(np.int32), np.array([90])))
+    write_stats(folder)
+    ratio = measured_visible_ratio(tmp_path, "v", 300)
+    assert ratio == pytest.approx(0.3) and fixed_partition(300, ratio)[0].sum() == 90
 
 
 def test_count_histogram_percentiles_match_numpy():

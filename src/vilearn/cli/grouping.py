@@ -15,7 +15,8 @@ def group_command(
     vae: Path = typer.Option(..., "--vae", help="Training run, checkpoint or VAE weights (as for encode)."),
     tokens: str = typer.Option(None, "--tokens", help="Token counts, e.g. 256,1024 [every encoded count]."),
     name: str = typer.Option(None, "--name", help="Latents folder name (default: the VAE's)."),
-    max_mb: int = typer.Option(512, "--max-mb", help="Memory budget of one attention chunk, MiB."),
+    max_mb: int = typer.Option(None, "--max-mb",
+                               help="Memory budget of one attention chunk, MiB [16 on CPU, 1024 on CUDA]."),
     device: str = typer.Option("cpu", "--device"),
     report: bool = typer.Option(False, "--report",
                                 help="Also measure locality (VST/IST-only geometry vs the camera)."),
@@ -37,7 +38,7 @@ def group_command(
 
     label = name or vae_name(vae)
     try:
-        shapes = len(PreparedDataset(dataset).ids())
+        ids = PreparedDataset(dataset).ids()
         counts = _parse_tokens(tokens) if tokens else token_counts(dataset, label)
         model = resolve_vae(vae, device=device)
     except (FileNotFoundError, ValueError, KeyError) as error:
@@ -52,17 +53,17 @@ def group_command(
                    rate=rate_text(fresh, time.perf_counter() - start, "shapes"))
 
     with progress_bar() as bar:
-        task = bar.add_task(f"group ({label})", total=shapes * len(counts), failed=0, rate="")
+        task = bar.add_task(f"group ({label})", total=len(ids) * len(counts), failed=0, rate="")
         try:
-            summary = group_dataset(dataset, model, label, counts, max_bytes=max_mb * 2**20,
-                                    on_shape=advance)
+            budget = max_mb * 2**20 if max_mb else None
+            summary = group_dataset(dataset, model, label, counts, max_bytes=budget, on_shape=advance)
         except (FileNotFoundError, ValueError) as error:
             raise fail(str(error)) from error
     for key, reason in list(summary.failed.items())[:10]:
         console.print(f"  failed: {key}: {reason}")
     for n in counts:
         try:
-            stats = write_stats(groups_dir(dataset, label, n))
+            stats = write_stats(groups_dir(dataset, label, n), ids)
         except ValueError as error:
             console.print(f"N={n}: {error}")
             continue

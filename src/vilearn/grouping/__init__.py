@@ -16,25 +16,21 @@ Public API (V views, N tokens, M points, W width):
 - storage: ``load_groups(root, vae_name, N, shape_id)``, ``groups_path``, ``groups_dir``,
   ``save_groups``, ``read_groups``; dataset driver ``group_dataset(root, vae, vae_name, tokens)``
 - statistics: ``write_stats(groups_dir)`` -> ``stats.json`` + ``stats.png``
-- inference partition: ``DEFAULT_VISIBLE_RATIO`` (1/3), ``visible_count(N, r)``,
-  ``inference_partition(N, r) -> (N,) bool``, ``measured_visible_ratio(root, vae_name, N)``
+- inference partition ratio: ``DEFAULT_VISIBLE_RATIO`` (1/3) and
+  ``measured_visible_ratio(root, vae_name, N)`` (for ``DiTConfig.visible_ratio``; the partition
+  itself is ``vilearn.dit.vape.fixed_partition``)
 - ``groups_figure(...)`` (``vilearn show-groups``), ``locality_report(...)``
   (``vilearn group --report``)
 """
 
 from vilearn.grouping.assign import assign_to_keys, chunk_points, token_assignment
 from vilearn.grouping.groups import Groups, dedup, group_shape
-from vilearn.grouping.partition import (
-    DEFAULT_VISIBLE_RATIO,
-    inference_partition,
-    measured_visible_ratio,
-    visible_count,
-)
+from vilearn.grouping.partition import DEFAULT_VISIBLE_RATIO, measured_visible_ratio
 from vilearn.grouping.run import group_dataset
 from vilearn.grouping.stats import group_stats, write_stats
 from vilearn.grouping.store import groups_dir, groups_path, load_groups, read_groups, save_groups
 
 __all__ = ["DEFAULT_VISIBLE_RATIO", "Groups", "assign_to_keys", "chunk_points", "dedup",
            "group_dataset", "group_shape", "group_stats", "groups_dir", "groups_path",
-           "inference_partition", "load_groups", "measured_visible_ratio", "read_groups",
-           "save_groups", "token_assignment", "visible_count", "write_stats"]
+           "load_groups", "measured_visible_ratio", "read_groups", "save_groups",
+           "token_assignment", "write_stats"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vilearn.grouping.assign import DEFAULT_MAX_BYTES, assign_to_keys
+from vilearn.grouping.assign import assign_to_keys
 
 
 @dataclass
@@ -73,7 +73,7 @@ def dedup(assignment: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def group_shape(vae, latents: torch.Tensor, view_points: Sequence[np.ndarray | torch.Tensor],
-                max_bytes: int = DEFAULT_MAX_BYTES, chunk: int | None = None) -> Groups:
+                max_bytes: int | None = None, chunk: int | None = None) -> Groups:
     """VST per view for one shape.
 
     Args:

@@ -1,33 +1,16 @@
-"""The inference partition: with no ground-truth visibility, the first ceil(N r) tokens are
-treated as visible (the paper's fixed partition, r = 1/3). r can be set to the dataset's
-measured mean visible fraction (``groups/stats.json``'s ``visible_fraction_mean``)."""
+"""The inference partition's ratio. With no ground-truth visibility, the first ceil(N r) tokens
+are treated as visible (``vilearn.dit.vape.fixed_partition``, set by ``DiTConfig.visible_ratio``);
+r = 1/3 is the paper's value, and ``measured_visible_ratio`` gives ours: the dataset's mean
+visible-token fraction recorded in ``groups/stats.json`` (``visible_fraction_mean``)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-
-import torch
 
 from vilearn.grouping.store import groups_dir
 from vilearn.io import read_json
 
 DEFAULT_VISIBLE_RATIO = 1 / 3
-
-
-def visible_count(num_tokens: int, ratio: float = DEFAULT_VISIBLE_RATIO) -> int:
-    """ceil(N r): 683 of 2048 tokens at r = 1/3 (the paper's example)."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"visible ratio must be in [0, 1], got {ratio}")
-    # The epsilon keeps exact products (N = 3k, r = 1/3) from rounding up a float ulp.
-    return min(num_tokens, math.ceil(num_tokens * ratio - 1e-9))
-
-
-def inference_partition(num_tokens: int, ratio: float = DEFAULT_VISIBLE_RATIO) -> torch.Tensor:
-    """(N,) bool: True for the first ceil(N r) tokens (treated as VST), False for the rest."""
-    visible = torch.zeros(num_tokens, dtype=torch.bool)
-    visible[:visible_count(num_tokens, ratio)] = True
-    return visible
 
 
 def measured_visible_ratio(root: str | Path, vae_name: str, num_tokens: int) -> float:

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from vilearn.data.dataset import PreparedDataset
-from vilearn.grouping.assign import DEFAULT_MAX_BYTES
 from vilearn.grouping.groups import Groups, group_shape
 from vilearn.grouping.store import groups_path, is_complete, save_groups
 from vilearn.vae.encode import latents_dir, read_latents
@@ -50,7 +49,7 @@ def view_points(data: PreparedDataset, shape_id: str, num_views: int) -> list[np
 
 
 def group_one(vae, data: PreparedDataset, vae_name: str, num_tokens: int, shape_id: str,
-              num_views: int, max_bytes: int = DEFAULT_MAX_BYTES) -> Groups:
+              num_views: int, max_bytes: int | None = None) -> Groups:
     """Compute (not store) one shape's grouping from its stored latents and views."""
     path = latents_dir(data.root, vae_name, num_tokens) / f"{shape_id}.safetensors"
     if not path.is_file():
@@ -63,7 +62,7 @@ def group_one(vae, data: PreparedDataset, vae_name: str, num_tokens: int, shape_
 
 @torch.no_grad()
 def group_dataset(root: str | Path, vae, vae_name: str, tokens: list[int] | None = None,
-                  max_bytes: int = DEFAULT_MAX_BYTES, split: str | None = None,
+                  max_bytes: int | None = None, split: str | None = None,
                   on_shape: Callable[[str, int, str], None] | None = None) -> GroupSummary:
     """Write ``latents/<vae_name>/<N>/groups/<id>.npz`` for every ok shape and token count.
 

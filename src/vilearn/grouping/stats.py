@@ -51,8 +51,9 @@ def describe_counts(counts: np.ndarray) -> dict[str, float]:
     return out
 
 
-def group_stats(folder: str | Path) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Statistics of every groups file in ``folder``.
+def group_stats(folder: str | Path, ids: list[str] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Statistics of the groups files in ``folder``: those of ``ids`` (missing ones are
+    skipped), or every ``*.npz`` there.
 
     Returns:
         the stats dict (what ``stats.json`` holds), the visible fractions (views,) float64 and
@@ -62,7 +63,10 @@ def group_stats(folder: str | Path) -> tuple[dict, np.ndarray, np.ndarray]:
     fractions, per_token = [], np.zeros(1, np.int64)
     shapes = views = empty = 0
     num_tokens = None
-    for path in sorted(folder.glob("*.npz")):
+    paths = sorted(folder.glob("*.npz")) if ids is None else [folder / f"{i}.npz" for i in ids]
+    for path in paths:
+        if not path.is_file():
+            continue
         groups = read_groups(path)
         if num_tokens is not None and groups.num_tokens != num_tokens:
             raise ValueError(f"{path}: {groups.num_tokens} tokens, the others have {num_tokens}")
@@ -89,10 +93,11 @@ def group_stats(folder: str | Path) -> tuple[dict, np.ndarray, np.ndarray]:
     return stats, fractions, per_token
 
 
-def write_stats(folder: str | Path) -> dict:
-    """Compute the statistics of ``folder`` and write ``stats.json`` and ``stats.png`` there."""
+def write_stats(folder: str | Path, ids: list[str] | None = None) -> dict:
+    """Compute the statistics of ``folder`` (``group_stats``) and write ``stats.json`` and
+    ``stats.png`` there."""
     folder = Path(folder)
-    stats, fractions, per_token = group_stats(folder)
+    stats, fractions, per_token = group_stats(folder, ids)
     write_json(folder / "stats.json", stats)
     values = np.repeat(np.arange(len(per_token)), per_token)
     mean = stats["visible_fraction_mean"]
@@ -100,8 +105,9 @@ def write_stats(folder: str | Path) -> dict:
         f"visible-token fraction |VST|/N (N={stats['tokens']}, {len(fractions)} views, "
         f"mean {mean:.3f})" if mean is not None else "visible-token fraction: no views"),
         marks={"1/3": 1 / 3, **({"mean": mean} if mean is not None else {})})
-    top = max(1, int(np.percentile(values, 99))) if len(values) else 1
-    right = histogram_panel(np.minimum(values, top), bins=np.linspace(0.5, top + 0.5, min(top, 60) + 1),
-                            title=f"visible points per VST token (clipped at p99 = {top})")
+    logs = np.log10(values[values > 0]) if len(values) else np.zeros(0)
+    right = histogram_panel(logs, bins=np.linspace(0, max(1.0, float(logs.max(initial=0))) + 1e-9, 41),
+                            title="log10 visible points per VST token "
+                                  f"(median {stats['points_per_vst_token']['p50']})")
     write_png(folder / "stats.png", side_by_side([left, right]))
     return stats

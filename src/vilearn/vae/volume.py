@@ -95,7 +95,7 @@ def dense_grid(field: Field, resolution: int = 256, bounds: float = 1.01,
     """Evaluate the field at every one of the (R + 1)^3 grid points, ``chunk`` points at a time.
 
     Memory: the grid itself plus one chunk of decoder activations (the point coordinates of
-    one z-slab at a time are generated on the fly).
+    a slab of x-planes at a time are generated on the fly).
     """
     n = resolution + 1
     values = torch.empty(n, n, n)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from vilearn.data.camera import Camera
-from vilearn.grouping.geometry import opposite_camera, render_mesh, subset_mesh
+from vilearn.data.preview import opposite_camera
+from vilearn.grouping.geometry import render_mesh, subset_mesh
 from vilearn.grouping.plot import side_by_side
 
 VST_RGB, IST_RGB, FULL_RGB = (60, 170, 80), (210, 70, 60), (178, 178, 178)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vilearn.data.camera import Camera, look_at
+from vilearn.data.camera import Camera
 from vilearn.data.render import Raycaster
 from vilearn.vae.extract import volume_grid
 from vilearn.vae.surface import Mesh, marching_cubes
@@ -36,13 +36,6 @@ def subset_mesh(vae, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
         key_mask = key_mask[None].to(tokens.device)
     field = field_from_vae(vae, tokens, key_mask)
     return marching_cubes(volume_grid(field, "dense", resolution, bounds, chunk))
-
-
-def opposite_camera(camera: Camera) -> Camera:
-    """The same camera moved to the far side of the object (centre mirrored through the
-    origin, looking at the origin, same image up)."""
-    up = -camera.c2w[:3, 1]  # image up = -(camera +y, which points down)
-    return Camera(camera.K, look_at(-camera.center, np.zeros(3), up), camera.width, camera.height)
 
 
 def render_mesh(mesh: Mesh, camera: Camera, rgb: tuple[int, int, int] = (178, 178, 178)):

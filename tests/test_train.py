@@ -20,33 +20,6 @@ from vilearn.train.checkpoint import latest_checkpoint, load_checkpoint
 from vilearn.train.config import TrainConfig
 from vilearn.train.trainer import train
 
-TOKENS = (32, 64)
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory, tiny_prepare_config):
-    """Six prepared shapes, a tiny random-weight VAE, latents at 32 and 64 tokens, groups."""
-    from vilearn.data.prepare import prepare_dataset
-    from vilearn.vae import VecSetVAE, preset, save_vae
-    from vilearn.vae.encode import encode_dataset
-
-    root = tmp_path_factory.mktemp("encoded")
-    config = tiny_prepare_config
-    config.val_fraction = 0.34
-    prepare_dataset("pybullet:random_urdfs", root / "data", config, limit=6)
-    torch.manual_seed(0)
-    vae = VecSetVAE(preset("tiny")).eval()
-    save_vae(root / "vae", vae)
-    encode_dataset(root / "data", vae, "vae", list(TOKENS), surface_points=1024)
-    write_groups(root / "data", vae, "vae", TOKENS)
-    return root
-
-
-def write_groups(dataset, vae, name, tokens):
-    from vilearn.grouping.run import group_dataset
-
-    group_dataset(dataset, vae, name, list(tokens))
-
 
 def make_config(root: Path, **changes) -> TrainConfig:
     data = {

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = ("va-rope", "none")
-PACKAGED_VAE = Path(__file__).parent / "assets" / "vae-tiny"
 
 
 @dataclass
@@ -43,6 +42,7 @@ def run_demo(out: str | Path, settings: DemoSettings, say: Progress = print) -> 
     """Run every step (each resumes if its output exists) and return the report folder."""
     import os
 
+    from vilearn.bench.data import build_dataset
     from vilearn.config import load_config
     from vilearn.data.prepare import PrepareConfig, prepare_dataset
 
@@ -60,13 +60,8 @@ def run_demo(out: str | Path, settings: DemoSettings, say: Progress = print) -> 
 
     clock = time.perf_counter()
     say(f"3/5 encode and group at {settings.tokens} tokens")
-    from vilearn.grouping.run import group_dataset
-    from vilearn.vae.encode import encode_dataset
-    from vilearn.vae.resolve import resolve_vae
-
-    vae = resolve_vae(vae_path)
-    encode_dataset(dataset, vae, "demo-vae", [settings.tokens])
-    group_dataset(dataset, vae, "demo-vae", [settings.tokens])
+    vae = build_dataset(dataset, "pybullet:random_urdfs", settings.shapes, "prepare-demo", vae_path,
+                        "demo-vae", [settings.tokens], settings.workers, say=lambda text: None)
     settings.timings["encode+group"] = time.perf_counter() - clock
 
     runs = {}
@@ -88,6 +83,8 @@ def _vae(out: Path, dataset: Path, settings: DemoSettings, say: Progress) -> Pat
     if settings.vae:
         say(f"2/5 VAE: {settings.vae}")
         return Path(settings.vae)
+    from vilearn.bench.data import PACKAGED_VAE
+
     if (PACKAGED_VAE / "model.safetensors").is_file():
         say(f"2/5 VAE: the packaged tiny VAE ({PACKAGED_VAE})")
         return PACKAGED_VAE

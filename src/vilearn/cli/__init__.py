@@ -4,6 +4,7 @@ Each group of commands lives in its own module and registers itself on ``app`` w
 here; heavy imports (torch, trimesh) happen inside the commands so ``vilearn --help`` is fast.
 """
 
+from vilearn.cli import bench as _bench  # noqa: F401  (bench convergence)
 from vilearn.cli import data as _data  # noqa: F401  (prepare, inspect)
 from vilearn.cli import demo as _demo  # noqa: F401  (demo)
 from vilearn.cli import evaluate as _evaluate  # noqa: F401  (evaluate)

@@ -64,6 +64,10 @@ class LoopConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     posterior: Literal["sample", "mean"] = "sample"  # latents: a posterior sample or its mean
+    # Which shape tokens the model is told are visible in training: the view's VST, or (the
+    # benchmark's control) a random group of the same size, which tells whether a gain comes
+    # from visibility or from the rotation itself.
+    visibility: Literal["vst", "random"] = "vst"
     workers: int = 0  # DataLoader worker processes
     log_every: int = 10
     ckpt_every: int = 500

@@ -36,10 +36,11 @@ class LatentViewDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, vae_name: str, tokens: int, split: str | None,
-                 image_size: int, posterior: str = "sample", limit: int | None = None):
+                 image_size: int, posterior: str = "sample", limit: int | None = None,
+                 visibility: str = "vst"):
         self.data = PreparedDataset(root)
         self.vae_name, self.tokens, self.image_size = vae_name, tokens, image_size
-        self.posterior = posterior
+        self.posterior, self.visibility = posterior, visibility
         self.folder = latents_dir(root, vae_name, tokens)
         self.items: list[tuple[str, np.ndarray]] = []  # (shape id, usable view indices)
         self.skipped: Counter = Counter()
@@ -77,6 +78,10 @@ class LatentViewDataset(Dataset):
             z = z + np.exp(0.5 * latent["logvar"]) * rng.standard_normal(z.shape, dtype=np.float32)
         with np.load(groups_path(self.data.root, self.vae_name, self.tokens, shape_id)) as groups:
             visible = groups["visible"][view]
+        if self.visibility == "random":  # the control: a random token group of the VST's size
+            chosen = (rng or np.random.default_rng(0)).permutation(len(visible))[: int(visible.sum())]
+            visible = np.zeros_like(visible)
+            visible[chosen] = True
         with np.load(self.data.layout.view(shape_id, view)) as arrays:
             mask = arrays["mask"]
         image = prepare_condition_image(self.data.image(shape_id, view), size=self.image_size, mask=mask)

@@ -286,7 +286,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
             if index != stage_index:
                 stage_index = index
                 dataset = LatentViewDataset(config.dataset, resolved_vae_name(config), stage.tokens,
-                                            "train", image_size, t.posterior)
+                                            "train", image_size, t.posterior, visibility=t.visibility)
                 if on_stage:
                     on_stage(index, dataset)
                 if main:

@@ -1,8 +1,9 @@
-"""Training data of the diffusion model: (latents, a view's VST mask, that view's image).
+"""Training data of the diffusion model: (latents, a view's VST mask, that view's condition).
 
 Reads a prepared dataset (``vilearn.data.layout``), the latents of one token count
-(``DATASET/latents/<vae>/<N>/<id>.safetensors``, written by ``vilearn encode``) and the
-grouping next to them (``.../<N>/groups/<id>.npz``, written by ``vilearn group``).
+(``DATASET/latents/<vae>/<N>/<id>.safetensors``, written by ``vilearn encode``), the
+grouping next to them (``.../<N>/groups/<id>.npz``, written by ``vilearn group``) and, when the
+frozen encoder's features are cached (``vilearn.train.features``), those instead of the images.
 
 Reproducible order without state: item j of micro-batch m of optimizer step s on process r is
 the sample at position p = ((s * A + m) * R + r) * B + j of an endless stream made of seeded
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset, Sampler
 from vilearn.data.dataset import PreparedDataset
 from vilearn.dit.preprocess import prepare_condition_image
 from vilearn.grouping.store import groups_path
+from vilearn.train.features import features_path, read_view_features, stored_views
 from vilearn.train.runtime import step_seed
 from vilearn.vae.encode import latents_dir
 
@@ -32,15 +34,18 @@ class LatentViewDataset(Dataset):
 
     ``self.skipped`` counts what was left out and why. An item is addressed by a pair
     (index, seed) (see ``StepBatches``) and is a dict: ``latents`` (N, C) float32,
-    ``visible`` (N,) bool, ``image`` (3, S, S) float32 in [0, 1], ``id`` str, ``view`` int.
+    ``visible`` (N,) bool, ``id`` str, ``view`` int, and the condition: ``image`` (3, S, S)
+    float32 in [0, 1], or with ``features`` (a folder name under DATASET/features) the cached
+    encoder tokens ``features`` (L_c, D) in their stored dtype (float16 by default). With
+    ``features``, shapes without a features file and views without stored tokens are skipped.
     """
 
     def __init__(self, root: str | Path, vae_name: str, tokens: int, split: str | None,
                  image_size: int, posterior: str = "sample", limit: int | None = None,
-                 visibility: str = "vst"):
+                 features: str | None = None, visibility: str = "vst"):
         self.data = PreparedDataset(root)
         self.vae_name, self.tokens, self.image_size = vae_name, tokens, image_size
-        self.posterior, self.visibility = posterior, visibility
+        self.posterior, self.features, self.visibility = posterior, features, visibility
         self.folder = latents_dir(root, vae_name, tokens)
         self.items: list[tuple[str, np.ndarray]] = []  # (shape id, usable view indices)
         self.skipped: Counter = Counter()
@@ -58,6 +63,14 @@ class LatentViewDataset(Dataset):
             with np.load(path) as groups:
                 views = np.flatnonzero(groups["visible_points"] > 0)
             self.skipped["views without visible points"] += int(row.get("views", 0) - len(views))
+            if features is not None:
+                cached = features_path(root, features, shape_id)
+                if not cached.is_file():
+                    self.skipped["no cached features"] += 1
+                    continue
+                kept = np.intersect1d(views, stored_views(cached))
+                self.skipped["views without cached features"] += len(views) - len(kept)
+                views = kept
             if len(views) == 0:
                 self.skipped["no usable view"] += 1
                 continue
@@ -82,18 +95,32 @@ class LatentViewDataset(Dataset):
             chosen = (rng or np.random.default_rng(0)).permutation(len(visible))[: int(visible.sum())]
             visible = np.zeros_like(visible)
             visible[chosen] = True
-        with np.load(self.data.layout.view(shape_id, view)) as arrays:
-            mask = arrays["mask"]
-        image = prepare_condition_image(self.data.image(shape_id, view), size=self.image_size, mask=mask)
+        if self.features is not None:
+            condition = {"features": read_view_features(
+                features_path(self.data.root, self.features, shape_id), view)}
+        else:
+            condition = {"image": self.condition_image(shape_id, view)}
         return {"latents": torch.from_numpy(np.ascontiguousarray(z, np.float32)),
                 "visible": torch.from_numpy(visible.astype(bool)),
-                "image": image, "id": shape_id, "view": int(view)}
+                **condition, "id": shape_id, "view": int(view)}
+
+    def condition_image(self, shape_id: str, view: int) -> torch.Tensor:
+        """The view's image as the conditioner sees it: (3, S, S) float32 in [0, 1]."""
+        with np.load(self.data.layout.view(shape_id, view)) as arrays:
+            mask = arrays["mask"]
+        return prepare_condition_image(self.data.image(shape_id, view), size=self.image_size, mask=mask)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
         rng = np.random.default_rng(seed)
         views = self.items[index][1]
         return self.load(index, int(views[rng.integers(len(views))]), rng)
+
+
+def batch_condition(batch: dict) -> torch.Tensor:
+    """The condition of a batch of items: cached ``features`` (B, L_c, D) when the dataset
+    reads them, else ``image`` (B, 3, S, S); ``Denoiser`` takes either, as its config says."""
+    return batch["features"] if "features" in batch else batch["image"]
 
 
 class StepBatches(Sampler):

@@ -10,16 +10,25 @@ from vilearn.dit.model import MMDiT
 
 
 class Denoiser(nn.Module):
-    """``forward(x_t, t, images, visible)`` = ``dit(x_t, t, conditioner(images), visible)``."""
+    """``forward(x_t, t, images, visible)`` = ``dit(x_t, t, conditioner(images), visible)``.
+
+    With ``conditioner.cached`` the condition it takes is the cached encoder tokens instead of
+    the images (what ``LatentViewDataset`` yields then), given the same CFG dropout.
+    """
 
     def __init__(self, dit: MMDiT, conditioner: ImageConditioner):
         super().__init__()
         self.dit, self.conditioner = dit, conditioner
 
-    def forward(self, x: Tensor, t: Tensor, images: Tensor, visible: Tensor | None = None,
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, visible: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        """x (B, N, C), t (B,), images (B, 3, S, S), visible (B, N) bool -> velocity (B, N, C)."""
-        return self.dit(x, t, self.conditioner(images, generator=generator), visible=visible)
+        """x (B, N, C), t (B,), cond: images (B, 3, S, S) or, cached, tokens (B, L_c, D),
+        visible (B, N) bool -> velocity (B, N, C)."""
+        if self.conditioner.config.cached:
+            tokens = self.conditioner.condition(cond, generator=generator)
+        else:
+            tokens = self.conditioner(cond, generator=generator)
+        return self.dit(x, t, tokens, visible=visible)
 
     def trainable_state(self) -> dict[str, Tensor]:
         """The state worth saving: everything but a frozen pretrained image encoder."""

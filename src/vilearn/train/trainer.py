@@ -42,7 +42,7 @@ from vilearn.train.checkpoint import (
     save_checkpoint,
 )
 from vilearn.train.config import TrainConfig
-from vilearn.train.data import LatentViewDataset, StepBatches
+from vilearn.train.data import LatentViewDataset, StepBatches, batch_condition
 from vilearn.train.denoiser import Denoiser
 from vilearn.train.ema import EMA
 from vilearn.train.logging import JSONLLogger
@@ -88,6 +88,18 @@ def check_inputs(config: TrainConfig) -> dict[int, LatentStats]:
                 f"VAE/DiT channel mismatch: the latents of {name!r} have "
                 f"{stats[stage.tokens].channels} channels but model.in_channels is {dit.in_channels}")
     return stats
+
+
+def cached_features(config: TrainConfig, model: Denoiser) -> str | None:
+    """The features folder the run reads (``conditioner.cached``), checked at start; else None."""
+    if not config.conditioner.cached:
+        return None
+    from vilearn.train.features import check_features
+
+    try:
+        return check_features(config.dataset, model.conditioner)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"conditioner.cached: {error}") from error
 
 
 def build_model(config: TrainConfig) -> Denoiser:
@@ -145,13 +157,13 @@ def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], 
         generator = torch.Generator().manual_seed(
             step_seed(config.train.seed, step, micro, accelerator.process_index))
         x = stats.normalize(batch["latents"].to(accelerator.device))
-        images = batch["image"].to(accelerator.device)
+        cond = batch_condition(batch).to(accelerator.device)
         visible = batch["visible"].to(accelerator.device)
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 result = flow_matching_loss(
                     lambda x_t, t, cond, visible, g=generator: model(x_t, t, cond, visible, g),
-                    x, images, visible, timesteps=config.timesteps, generator=generator)
+                    x, cond, visible, timesteps=config.timesteps, generator=generator)
             accelerator.backward(result.loss)
             if accelerator.sync_gradients and o.grad_clip > 0:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
@@ -252,6 +264,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
     main = accelerator.is_main_process
     torch.manual_seed(t.seed)
     model = build_model(config)
+    features = cached_features(config, model)  # before the run folder is made
     optimizer = build_optimizer(model, config)
     ema = EMA(model, t.ema_decay, keys=model.trainable_state().keys())
     start = 0
@@ -274,7 +287,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start)
-    validator = Validator(config, resolved_vae_name(config), stats, out) if main else None
+    validator = Validator(config, resolved_vae_name(config), stats, out, features) if main else None
     stop = min(config.total_steps, max_steps if max_steps is not None else config.total_steps)
     last: dict = {}
     step, stage_index, batches = start, None, None
@@ -286,7 +299,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
             if index != stage_index:
                 stage_index = index
                 dataset = LatentViewDataset(config.dataset, resolved_vae_name(config), stage.tokens,
-                                            "train", image_size, t.posterior, visibility=t.visibility)
+                                            "train", image_size, t.posterior, features=features,
+                                            visibility=t.visibility)
                 if on_stage:
                     on_stage(index, dataset)
                 if main:

@@ -8,6 +8,9 @@
 - A grid of generated meshes (EMA weights, fixed seeds, the fixed partition, as at inference),
   rendered from the condition camera and from the opposite side, next to the condition image
   and the ground truth.
+
+With cached features (``conditioner.cached``) the held-out loss conditions on the cached tokens,
+as training does; the grid encodes the condition images, as ``vilearn generate`` does.
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ def ema_weights(model, ema):
 
 
 class Validator:
-    def __init__(self, config: TrainConfig, vae_name: str, stats: dict[int, LatentStats], out: Path):
+    def __init__(self, config: TrainConfig, vae_name: str, stats: dict[int, LatentStats], out: Path,
+                 features: str | None = None):
+        """``features``: the cached features folder the run trains on (None: images)."""
         self.config, self.vae_name, self.stats, self.out = config, vae_name, stats, Path(out)
+        self.features = features
         self._sets: dict[int, list[dict]] = {}
         self._vae = None
 
@@ -48,11 +54,16 @@ class Validator:
                     or (v.sample_every and (step % v.sample_every == 0 or step == stop)))
 
     def held_out(self, tokens: int, image_size: int) -> list[dict]:
-        """The fixed validation items at ``tokens`` tokens (cached)."""
+        """The fixed validation items at ``tokens`` tokens (cached); each has its ``image``, and
+        its ``features`` too when the run trains on cached features."""
         if tokens not in self._sets:
             data = LatentViewDataset(self.config.dataset, self.vae_name, tokens, "val", image_size,
-                                     posterior="mean", limit=self.config.val.shapes)
-            self._sets[tokens] = [data.load(i, int(data.items[i][1][0]), None) for i in range(len(data))]
+                                     posterior="mean", limit=self.config.val.shapes,
+                                     features=self.features)
+            items = [data.load(i, int(data.items[i][1][0]), None) for i in range(len(data))]
+            for item in items:
+                item.setdefault("image", data.condition_image(item["id"], item["view"]))
+            self._sets[tokens] = items
         return self._sets[tokens]
 
     @torch.no_grad()
@@ -60,7 +71,8 @@ class Validator:
         v = self.config.val
         device = next(model.parameters()).device
         x = stats.normalize(torch.stack([item["latents"] for item in items]).to(device))
-        images = torch.stack([item["image"] for item in items]).to(device)
+        key = "features" if self.features else "image"  # what the denoiser was trained on
+        cond = torch.stack([item[key] for item in items]).to(device)
         visible = torch.stack([item["visible"] for item in items]).to(device)
         if fixed_partition:
             visible = model.dit.inference_visibility(len(items), x.shape[1], device=device)
@@ -70,7 +82,7 @@ class Validator:
             t = torch.full((len(items),), (k + 0.5) / v.timesteps, device=device)
             noise = torch.randn(x.shape, generator=generator).to(device)
             result = flow_matching_loss(lambda x_t, t_, c, visible: model(x_t, t_, c, visible),
-                                        x, images, visible, t=t, noise=noise)
+                                        x, cond, visible, t=t, noise=noise)
             losses.append(result.per_sample)
         return float(torch.stack(losses).mean())
 

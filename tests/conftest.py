@@ -4,6 +4,8 @@ import pytest
 
 # Two cores are shared by test workers and the library's own threads: keep torch to one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Wide enough that rich does not wrap the error messages tests look for.
+os.environ["COLUMNS"] = "300"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,4 +35,29 @@ def tiny_dataset(tmp_path_factory, tiny_prepare_config):
     config.val_fraction = 0.34  # make sure both splits are populated
     summary = prepare_dataset("pybullet:random_urdfs", root, config, workers=1, limit=6)
     assert summary.ok == 6
+    return root
+
+
+TOKENS = (32, 64)
+
+
+@pytest.fixture(scope="session")
+def encoded(tmp_path_factory, tiny_prepare_config):
+    """Six prepared shapes, a tiny random-weight VAE, latents at 32 and 64 tokens, groups."""
+    import torch
+
+    from vilearn.data.prepare import prepare_dataset
+    from vilearn.grouping.run import group_dataset
+    from vilearn.vae import VecSetVAE, preset, save_vae
+    from vilearn.vae.encode import encode_dataset
+
+    root = tmp_path_factory.mktemp("encoded")
+    config = tiny_prepare_config
+    config.val_fraction = 0.34
+    prepare_dataset("pybullet:random_urdfs", root / "data", config, limit=6)
+    torch.manual_seed(0)
+    vae = VecSetVAE(preset("tiny")).eval()
+    save_vae(root / "vae", vae)
+    encode_dataset(root / "data", vae, "vae", list(TOKENS), surface_points=1024)
+    group_dataset(root / "data", vae, "vae", list(TOKENS))
     return root

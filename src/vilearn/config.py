@@ -157,7 +157,8 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    packaged = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    packaged = CONFIG_DIR / name
     if packaged.is_file():
         return packaged
     raise ConfigError(f"config {str(name_or_path)!r}: no such file, and no packaged config by that name")

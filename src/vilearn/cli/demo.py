@@ -6,45 +6,21 @@ from pathlib import Path
 
 import typer
 
-from vilearn.cli.app import app, console, fail
+from vilearn.cli.app import app, console
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the dataset and report."),
-    shapes: int = typer.Option(48, "--shapes", help="How many random_urdfs assets to prepare."),
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for data, runs and report."),
+    shapes: int = typer.Option(300, "--shapes", help="How many random_urdfs assets to prepare."),
+    steps: int = typer.Option(600, "--steps", help="Training steps of each MM-DiT variant."),
+    samples: int = typer.Option(8, "--samples", help="Held-out views to generate meshes for."),
+    vae: str = typer.Option(None, "--vae", help="A VAE to use instead of the packaged tiny one."),
     workers: int = typer.Option(0, "--workers", "-w", help="Worker processes (0 = all cores)."),
 ) -> None:
-    """Prepare a subset of the embedded random_urdfs meshes and write a contact sheet of the views."""
-    import os
-    import time
+    """prepare -> VAE -> encode + group -> train va-rope and none -> generate -> report."""
+    from vilearn.demo import DemoSettings, run_demo
 
-    from vilearn.cli.progress import progress_bar, rate_text
-    from vilearn.config import ConfigError, load_config
-    from vilearn.data.dataset import PreparedDataset
-    from vilearn.data.inspect import contact_sheet
-    from vilearn.data.prepare import PrepareConfig, prepare_dataset
-
-    try:
-        config = load_config(PrepareConfig, "prepare-demo")
-    except ConfigError as error:
-        raise fail(str(error)) from error
-    dataset = out / "dataset"
-    start = time.perf_counter()
-    with progress_bar() as bar:
-        task = bar.add_task("1/2 prepare", total=shapes, failed=0, rate="")
-
-        def update(result, summary):
-            done = summary.ok + summary.failed
-            bar.update(task, completed=done, failed=summary.failed,
-                       rate=rate_text(done - summary.skipped, time.perf_counter() - start, "shapes"))
-
-        summary = prepare_dataset("pybullet:random_urdfs", dataset, config,
-                                  workers=workers or os.cpu_count() or 1, limit=shapes, progress=update)
-    if summary.ok == 0:
-        raise fail("no shape could be prepared", code=1)
-    console.print("[bold]2/2 report")
-    report = out / "report"
-    sheet = contact_sheet(PreparedDataset(dataset), report / "views.png", count=24)
-    console.print(f"{summary.ok} shapes prepared ({summary.failed} failed) in {dataset}")
-    console.print(f"report: {report.resolve()}  (contact sheet {sheet.name})")
+    settings = DemoSettings(shapes=shapes, steps=steps, samples=samples, workers=workers, vae=vae)
+    report = run_demo(out, settings, say=lambda text: console.print(f"[bold]{text}"))
+    console.print(f"report: {report.resolve() / 'index.md'}")

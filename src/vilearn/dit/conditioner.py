@@ -7,6 +7,8 @@
 Classifier-free guidance: ``ImageConditioner`` replaces each sample's tokens by the null condition
 with probability ``drop_prob`` in training; ``null(batch)`` gives the unconditional input for
 sampling. The null condition is zeros (as Hunyuan3D-2, so its weights guide correctly) or learned.
+``condition(tokens)`` applies the same dropout to tokens encoded earlier (a frozen encoder's
+features cached in the dataset by ``vilearn cache-features``).
 Images are prepared by ``vilearn.dit.preprocess.prepare_condition_image`` first.
 """
 
@@ -29,6 +31,13 @@ class ConditionerConfig:
     patch_size, width, depth, num_heads: the patch encoder's shape.
     drop_prob: probability of replacing a sample's condition by the null one in training.
     null: ``zero`` or ``learned`` null condition.
+    cached: ``dinov2`` only. Training reads the encoder's output for each view from
+        ``DATASET/features/<name>/`` (written beforehand by ``vilearn cache-features``) instead
+        of running the frozen encoder on the view's image; condition dropout and the null
+        condition are unchanged. The encoder is still built (frozen, not checkpointed) so the
+        trained model conditions on new images at inference (``generate``, validation samples).
+        Features are stored in float16 (by default), so the tokens differ from on-the-fly ones
+        by that rounding (relative 2^-11).
     """
 
     kind: Literal["patch", "dinov2"] = "patch"
@@ -40,10 +49,14 @@ class ConditionerConfig:
     num_heads: int = 4
     drop_prob: float = 0.1
     null: Literal["zero", "learned"] = "zero"
+    cached: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_prob <= 1.0:
             raise ValueError(f"drop_prob must be in [0, 1], got {self.drop_prob!r}")
+        if self.cached and self.kind != "dinov2":
+            raise ValueError(f"cached: only a frozen encoder (kind dinov2) has features to cache; "
+                             f"kind {self.kind!r} trains jointly")
         if self.kind == "patch":
             if self.image_size is None or self.image_size % self.patch_size:
                 raise ValueError(
@@ -178,7 +191,15 @@ class ImageConditioner(nn.Module):
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """images (B, 3, H, W) in [0, 1] -> (B, L_c, out_dim); in training mode a fraction
         ``drop_prob`` of the samples get the null condition."""
-        tokens = self.encoder(images)
+        return self.condition(self.encoder(images), generator)
+
+    def condition(self, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Encoder tokens (B, L_c, out_dim), e.g. cached ones in float16 -> (B, L_c, out_dim) in
+        the null condition's dtype; in training mode a fraction ``drop_prob`` become null."""
+        if tokens.shape[1:] != self.null_tokens.shape:
+            raise ValueError(f"condition tokens {tuple(tokens.shape)} do not fit this conditioner: "
+                             f"expected (B, {self.n_tokens}, {self.out_dim})")
+        tokens = tokens.to(self.null_tokens.dtype)
         if self.training:
             tokens = drop_condition(tokens, self.null_tokens, self.config.drop_prob, generator)
         return tokens

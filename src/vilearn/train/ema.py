@@ -11,12 +11,15 @@ class EMA:
     ``min(decay, (1 + step) / (10 + step))`` so early averages are not stuck at the init.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, keys=None):
+        """``keys``: the state-dict entries to average (default: every floating-point one);
+        leave frozen weights out so they are not copied."""
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
+        keys = None if keys is None else set(keys)
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
-                       if v.dtype.is_floating_point}
+                       if v.dtype.is_floating_point and (keys is None or k in keys)}
 
     def current_decay(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step))

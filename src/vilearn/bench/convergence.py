@@ -1,0 +1,250 @@
+"""``vilearn bench convergence``: train every VAPE variant on identical data order and seeds,
+evaluate all of them at the same checkpoints as at inference, and report curves, a table and
+the speed-up of each variant over ``none``.
+
+Resumable: training resumes from each run's checkpoints, and evaluations already in
+``OUT/results.jsonl`` are not redone. Variants advance together, checkpoint by checkpoint, so
+an interrupted benchmark still compares like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vilearn.bench.evaluate import LOWER_IS_BETTER, EvalSettings
+from vilearn.bench.speedup import speedup
+from vilearn.config import load_config
+from vilearn.io import write_json, write_text
+
+VARIANTS = {  # name -> train-config overrides
+    "none": ["model.vape=none"],
+    "va-rope": ["model.vape=va-rope"],
+    "va-lpe": ["model.vape=va-lpe"],
+    "rope": ["model.vape=rope"],
+    "va-rope-random": ["model.vape=va-rope", "train.visibility=random"],
+}
+
+
+@dataclass
+class BenchData:
+    """The benchmark's own dataset, built (resumably) under OUT/dataset."""
+
+    source: str = "pybullet:random_urdfs"
+    limit: int | None = None
+    prepare: str = "prepare-demo"  # PrepareConfig file or packaged name
+    vae: str = "packaged"  # 'packaged' (the committed tiny VAE) or a VAE path
+    vae_name: str = "bench-vae"
+    tokens: int = 64
+
+
+@dataclass
+class BenchConfig:
+    data: BenchData = field(default_factory=BenchData)
+    train: str = "dit-tiny"  # the base training config (file or packaged name)
+    overrides: list[str] = field(default_factory=list)  # applied to every variant
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    steps: int = 3000
+    batch_size: int = 16
+    eval_every: int = 500
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    metrics: list[str] = field(default_factory=lambda: [
+        "iou", "fscore@0.05", "chamfer_l1", "components", "silhouette_iou"])
+    average_last: int = 2
+    references: bool = True  # score the VAE ceiling and chance once
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"variants: {unknown[0]!r} is not one of {', '.join(VARIANTS)}")
+        if "none" not in self.variants:
+            raise ValueError("variants: 'none' (the baseline) is required for the speed-up")
+        if self.eval_every < 1 or self.steps % self.eval_every:
+            raise ValueError(f"steps {self.steps} must be a multiple of eval_every {self.eval_every}")
+
+
+def higher_is_better(metric: str) -> bool:
+    return not metric.split("/")[-1].startswith(LOWER_IS_BETTER)
+
+
+def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
+    from vilearn.bench.data import resolve_vae_path
+    from vilearn.train.config import TrainConfig
+
+    data = [f"dataset={out / 'dataset'}", f"vae={resolve_vae_path(bench.data.vae)}",
+            f"vae_name={bench.data.vae_name}",
+            f"stages=[{{tokens: {bench.data.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
+    config = load_config(TrainConfig, bench.train, [*data, *bench.overrides, *VARIANTS[variant],
+                                                    f"train.seed={seed}"])
+    return config
+
+
+def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None] = print) -> Path:
+    """Train, evaluate and report; returns the report's path (OUT/convergence.md)."""
+    from vilearn.bench.data import build_dataset, resolve_vae_path
+    from vilearn.bench.evaluate import evaluate_model, reference_scores
+    from vilearn.train.checkpoint import latest_checkpoint
+    from vilearn.train.loading import load_trained
+    from vilearn.train.trainer import resolved_vae_name, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    d = bench.data
+    vae = build_dataset(out / "dataset", d.source, d.limit, d.prepare, resolve_vae_path(d.vae),
+                        d.vae_name, [d.tokens], say=say)
+    results_path = out / "results.jsonl"
+    done = {(r["variant"], r["seed"], r["step"]) for r in _read(results_path)}
+    for step in range(bench.eval_every, bench.steps + 1, bench.eval_every):
+        for variant in bench.variants:
+            for seed in bench.seeds:
+                if (variant, seed, step) in done:
+                    continue
+                config = train_config(bench, out, variant, seed)
+                run = out / "runs" / f"{variant}-seed{seed}"
+                checkpoint = latest_checkpoint(run / "checkpoints")
+                say(f"step {step}: {variant} seed {seed}")
+                train(config, run, resume="latest" if checkpoint else None, max_steps=step)
+                trained = load_trained(run)
+                if trained.step != step:
+                    raise RuntimeError(f"{run}: expected a checkpoint at step {step}, got {trained.step}")
+                result = evaluate_model(trained, vae, bench.eval)
+                _append(results_path, {"variant": variant, "seed": seed, "step": step,
+                                       "means": {k: s.mean for k, s in result.summary.items()}})
+    if bench.references and not (out / "references.json").is_file():
+        config = train_config(bench, out, "none", bench.seeds[0])
+        references = {}
+        for mode in ("ceiling", "chance"):
+            say(f"reference: {mode}")
+            result = reference_scores(config.dataset, vae, resolved_vae_name(config),
+                                      config.stages[-1].tokens, mode, bench.eval)
+            references[mode] = {k: s.mean for k, s in result.summary.items()}
+        write_json(out / "references.json", references)
+    return write_report(out, bench)
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a") as handle:  # one line per evaluation: a torn last line is dropped by _read
+        handle.write(json.dumps(record) + "\n")
+
+
+def curves(records: list[dict], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """variant -> (steps (K,), mean over seeds (K,), spread = std over seeds (K,))."""
+    table: dict[str, dict[int, list[float]]] = {}
+    for r in records:
+        value = r["means"].get(metric, math.nan)
+        table.setdefault(r["variant"], {}).setdefault(r["step"], []).append(value)
+    out = {}
+    for variant, by_step in table.items():
+        steps = np.array(sorted(by_step))
+        values = [np.array(by_step[s], float) for s in steps]
+        out[variant] = (steps, np.array([np.nanmean(v) for v in values]),
+                        np.array([np.nanstd(v) for v in values]))
+    return out
+
+
+def flow_loss_curves(out: Path, bench: BenchConfig) -> dict[str, dict[str, list]]:
+    """variant -> {"step", "loss" (true VST), "loss_fixed"} from the runs' logs (seed-averaged)."""
+    result = {}
+    for variant in bench.variants:
+        per_step: dict[int, dict[str, list[float]]] = {}
+        for seed in bench.seeds:
+            log = out / "runs" / f"{variant}-seed{seed}" / "log.jsonl"
+            for r in _read(log):
+                if r.get("split") == "val" and "loss" in r:
+                    entry = per_step.setdefault(r["step"], {"loss": [], "loss_fixed": []})
+                    entry["loss"].append(r["loss"])
+                    entry["loss_fixed"].append(r.get("loss_fixed", r["loss"]))
+        steps = sorted(per_step)
+        result[variant] = {"step": steps,
+                           "loss": [float(np.mean(per_step[s]["loss"])) for s in steps],
+                           "loss_fixed": [float(np.mean(per_step[s]["loss_fixed"])) for s in steps]}
+    return result
+
+
+def write_report(out: Path, bench: BenchConfig) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = _read(out / "results.jsonl")
+    if not records:
+        raise ValueError(f"{out}: no evaluation results yet")
+    ref_path = out / "references.json"
+    references = json.loads(ref_path.read_text()) if ref_path.is_file() else {}
+    lines = ["# Convergence benchmark", "",
+             f"Variants {', '.join(bench.variants)}; seeds {bench.seeds}; evaluated every "
+             f"{bench.eval_every} steps on {bench.eval.n} held-out views (meshes generated as at "
+             "inference: fixed partition, no ground-truth visibility).", ""]
+    speed_rows = []
+    for metric in bench.metrics:
+        data = curves(records, metric)
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for variant, (steps, mean, spread) in data.items():
+            axis.plot(steps, mean, marker="o", label=variant)
+            axis.fill_between(steps, mean - spread, mean + spread, alpha=0.15)
+        for mode, style in (("ceiling", ":"), ("chance", "--")):
+            if metric in references.get(mode, {}):
+                axis.axhline(references[mode][metric], color="grey", linestyle=style, label=mode)
+        axis.set_xlabel("training step")
+        axis.set_ylabel(f"{metric} ({'higher' if higher_is_better(metric) else 'lower'} is better)")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        name = f"curve-{metric.replace('@', '_').replace('/', '_')}.png"
+        figure.savefig(out / name, dpi=110)
+        plt.close(figure)
+        lines.append(f"![{metric}]({name})")
+        if "none" in data:
+            steps, base, _ = data["none"]
+            for variant, (v_steps, values, _) in data.items():
+                if variant == "none" or len(v_steps) != len(steps):
+                    continue
+                s = speedup(steps, base, values, higher_is_better(metric), bench.average_last)
+                speed_rows.append((metric, variant, s, values[-1], base[-1]))
+    lines += ["", "## Speed-up over `none` (steps `none` needs to reach its own final value / "
+              "steps the variant needs)", "",
+              "| metric | variant | final (variant) | final (none) | target | none reaches at | "
+              "variant reaches at | speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for metric, variant, s, final, base_final in speed_rows:
+        ratio = "not reached" if s["speedup"] is None else f"{s['speedup']:.2f}x"
+        reach = "-" if s["variant_steps"] is None else f"{s['variant_steps']:.0f}"
+        lines.append(f"| {metric} | {variant} | {final:.4g} | {base_final:.4g} | {s['target']:.4g} | "
+                     f"{s['baseline_steps']:.0f} | {reach} | {ratio} |")
+    if references:
+        lines += ["", "## Chance and ceiling", "", "| metric | chance | ceiling |", "|---|---|---|"]
+        for metric in bench.metrics:
+            lines.append(f"| {metric} | {references.get('chance', {}).get(metric, math.nan):.4g} | "
+                         f"{references.get('ceiling', {}).get(metric, math.nan):.4g} |")
+    losses = flow_loss_curves(out, bench)
+    if any(v["step"] for v in losses.values()):
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for variant, curve in losses.items():
+            if curve["step"]:
+                line, = axis.plot(curve["step"], curve["loss_fixed"], label=f"{variant} (fixed partition)")
+                if curve["loss"] != curve["loss_fixed"]:
+                    axis.plot(curve["step"], curve["loss"], linestyle="--", color=line.get_color(),
+                              label=f"{variant} (true VST)")
+        axis.set_xlabel("training step")
+        axis.set_ylabel("held-out flow loss")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / "curve-flow-loss.png", dpi=110)
+        plt.close(figure)
+        lines += ["", "## Held-out flow loss", "",
+                  "Dashed: with the true VST, information the baseline does not have; not the speed-up.",
+                  "", "![flow loss](curve-flow-loss.png)"]
+    path = out / "convergence.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,49 @@
+"""One call from meshes to a dataset the diffusion trainer can read: prepare, encode, group.
+
+Each step resumes (finished shapes, latents and groups are kept), so calling it again on the
+same folder costs a scan. Used by ``vilearn demo`` and ``vilearn bench convergence``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+PACKAGED_VAE = Path(__file__).resolve().parents[1] / "assets" / "vae-tiny"
+
+
+def resolve_vae_path(vae: str) -> Path:
+    """``packaged`` -> the committed tiny VAE; anything else is taken as a path."""
+    if vae != "packaged":
+        return Path(vae)
+    if not (PACKAGED_VAE / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no packaged tiny VAE at {PACKAGED_VAE}; train one with "
+                                "'vilearn train-vae DATASET --config vae-tiny --out RUN' and pass it")
+    return PACKAGED_VAE
+
+
+def build_dataset(root: str | Path, source: str, limit: int | None, prepare_config: str,
+                  vae_path: str | Path, vae_name: str, tokens: list[int], workers: int = 0,
+                  say: Callable[[str], None] = print):
+    """prepare ``source`` into ``root``, encode at ``tokens`` with the VAE, group every view.
+
+    Returns the loaded VAE (eval mode), for callers that decode afterwards.
+    """
+    from vilearn.config import load_config
+    from vilearn.data.prepare import PrepareConfig, prepare_dataset
+    from vilearn.grouping.run import group_dataset
+    from vilearn.vae.encode import encode_dataset
+    from vilearn.vae.resolve import resolve_vae
+
+    root = Path(root)
+    say(f"prepare {limit or 'all'} shapes of {source} -> {root}")
+    summary = prepare_dataset(source, root, load_config(PrepareConfig, prepare_config),
+                              workers=workers or os.cpu_count() or 1, limit=limit)
+    if summary.ok == 0:
+        raise ValueError(f"{source}: no shape could be prepared")
+    vae = resolve_vae(vae_path)
+    say(f"encode and group at {tokens} tokens with {vae_path}")
+    encode_dataset(root, vae, vae_name, tokens)
+    group_dataset(root, vae, vae_name, tokens)
+    return vae

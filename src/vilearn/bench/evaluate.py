@@ -1,0 +1,199 @@
+"""``vilearn evaluate``: generate for held-out condition views as at inference (fixed seeds,
+the fixed visibility partition, no ground truth), score every metric, write a report.
+
+Also the two reference points every score needs: the *ceiling* (the VAE's own reconstruction
+of the ground-truth latents) and *chance* (a random training shape's latents against each
+held-out view). A model whose scores do not rise well above chance has learnt nothing to
+measure a speed-up on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from vilearn.data.dataset import PreparedDataset
+from vilearn.metrics import ConditionView, Reference, aggregate, evaluate_mesh
+from vilearn.metrics.stats import Summary
+
+# The metric that ranks samples for the best / worst grid (higher is better).
+RANK_KEY = "fscore@0.05"
+LOWER_IS_BETTER = ("chamfer", "components", "floater_area", "depth_l1", "empty")
+
+
+@dataclass
+class EvalSettings:
+    split: str = "val"
+    n: int = 200  # held-out (shape, view) pairs
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int = 25  # Euler steps
+    cfg_scale: float = 3.0
+    resolution: int = 64  # mesh extraction grid
+    points: int = 20000  # surface samples per generated mesh for the metrics
+    batch: int = 32  # conditions sampled together
+
+
+def held_out_pairs(data: PreparedDataset, split: str, n: int) -> list[tuple[str, int]]:
+    """Up to ``n`` (shape id, view) pairs of ``split``: every shape's view 0, then view 1, ..."""
+    rows = [(row["id"], row["views"]) for row in data.rows(split)]
+    pairs: list[tuple[str, int]] = []
+    for view in range(max((v for _, v in rows), default=0)):
+        pairs += [(shape_id, view) for shape_id, views in rows if view < views]
+    return pairs[:n]
+
+
+def to_trimesh(mesh) -> trimesh.Trimesh:
+    return trimesh.Trimesh(np.asarray(mesh.verts), np.asarray(mesh.faces), process=False)
+
+
+def score(data: PreparedDataset, shape_id: str, view: int, mesh, points: int, seed: int) -> dict:
+    """Every metric of ``mesh`` (a ``vilearn.vae.surface.Mesh``) against shape ``shape_id``."""
+    reference = Reference.from_dataset(data, shape_id)
+    condition = ConditionView.from_arrays(data.view(shape_id, view))
+    return evaluate_mesh(to_trimesh(mesh), reference, condition, num_points=points, seed=seed)
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict]  # one per (shape, view, seed): id, view, seed and every metric
+    summary: dict[str, Summary]
+    meshes: dict[tuple[str, int, int], object] = field(default_factory=dict)  # (id, view, seed)
+
+
+def evaluate_model(trained, vae, settings: EvalSettings, tokens: int | None = None,
+                   on_item: Callable[[], None] | None = None) -> EvalResult:
+    """Generate and score ``settings.n`` held-out views for each seed with a ``TrainedModel``."""
+    from vilearn.dit.preprocess import prepare_condition_image
+    from vilearn.flow.pipeline import generate_latents
+    from vilearn.train.validation import generated_mesh
+
+    data = PreparedDataset(trained.config.dataset)
+    tokens = tokens or trained.tokens
+    pairs = held_out_pairs(data, settings.split, settings.n)
+    if not pairs:
+        raise ValueError(f"dataset {data.root}: no {settings.split!r} views to evaluate")
+    conditioner = trained.model.conditioner
+    rows, meshes = [], {}
+    for seed in settings.seeds:
+        for start in range(0, len(pairs), settings.batch):
+            chunk = pairs[start:start + settings.batch]
+            images = []
+            for shape_id, view in chunk:
+                with np.load(data.layout.view(shape_id, view)) as arrays:
+                    mask = arrays["mask"]
+                images.append(prepare_condition_image(data.image(shape_id, view),
+                                                      size=conditioner.image_size, mask=mask))
+            latents = generate_latents(trained.model.dit, conditioner, images, n_tokens=tokens,
+                                       steps=settings.steps, cfg_scale=settings.cfg_scale,
+                                       seed=seed + start, stats=trained.stats[tokens])
+            for (shape_id, view), latent in zip(chunk, latents):
+                mesh = generated_mesh(vae, latent, settings.resolution)
+                metrics = score(data, shape_id, view, mesh, settings.points, seed)
+                rows.append({"id": shape_id, "view": view, "seed": seed, **metrics})
+                meshes[(shape_id, view, seed)] = mesh
+                if on_item:
+                    on_item()
+    return EvalResult(rows, summarize(rows), meshes)
+
+
+def reference_scores(dataset: str | Path, vae, vae_name: str, tokens: int, mode: str,
+                     settings: EvalSettings, on_item: Callable[[], None] | None = None) -> EvalResult:
+    """``ceiling``: decode each held-out shape's own latent mean; ``chance``: decode a random
+    training shape's latent mean (seeded) against each held-out view."""
+    from safetensors.torch import load_file
+
+    from vilearn.train.validation import generated_mesh
+    from vilearn.vae.encode import latents_dir
+
+    if mode not in ("ceiling", "chance"):
+        raise ValueError(f"reference mode {mode!r} is not 'ceiling' or 'chance'")
+    data = PreparedDataset(dataset)
+    folder = latents_dir(dataset, vae_name, tokens)
+    pairs = held_out_pairs(data, settings.split, settings.n)
+    train_ids = [i for i in data.ids("train") if (folder / f"{i}.safetensors").is_file()]
+    rng = np.random.default_rng(settings.seeds[0])
+    rows, meshes = [], {}
+    for shape_id, view in pairs:
+        source = shape_id if mode == "ceiling" else train_ids[rng.integers(len(train_ids))]
+        latent = load_file(str(folder / f"{source}.safetensors"))["mean"]
+        mesh = generated_mesh(vae, latent, settings.resolution)
+        rows.append({"id": shape_id, "view": view, "seed": 0, "source": source,
+                     **score(data, shape_id, view, mesh, settings.points, 0)})
+        meshes[(shape_id, view, 0)] = mesh
+        if on_item:
+            on_item()
+    return EvalResult(rows, summarize(rows), meshes)
+
+
+def summarize(rows: list[dict]) -> dict[str, Summary]:
+    metrics = [{k: v for k, v in row.items() if isinstance(v, float)} for row in rows]
+    return aggregate(metrics)
+
+
+def markdown_table(columns: dict[str, dict[str, Summary]]) -> str:
+    """Metrics as rows, one column per result: ``mean [low, high]`` (95% t-interval)."""
+    names = list(columns)
+    keys = list(dict.fromkeys(k for summary in columns.values() for k in summary))
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in keys:
+        cells = []
+        for name in names:
+            s = columns[name].get(key)
+            if s is None or math.isnan(s.mean):
+                cells.append("-")
+            elif math.isnan(s.low):
+                cells.append(f"{s.mean:.4g}")
+            else:
+                cells.append(f"{s.mean:.4g} [{s.low:.4g}, {s.high:.4g}]")
+        arrow = "↓" if key.split("/")[-1].startswith(LOWER_IS_BETTER) else "↑"
+        lines.append(f"| {key} {arrow} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: str | Path, results: dict[str, EvalResult], title: str, command: str,
+                 grid: tuple[str, str | Path] | None = None) -> Path:
+    """OUT/eval.json (every row and summary), OUT/eval.md (the table) and, with ``grid`` =
+    (result name, dataset), OUT/cases.png: the best and worst cases of that result."""
+    from vilearn.io import write_json, write_text
+
+    out = Path(out)
+    write_json(out / "eval.json", {
+        name: {"summary": {k: s.to_dict() for k, s in r.summary.items()}, "rows": r.rows}
+        for name, r in results.items()})
+    text = [f"# {title}", "", f"Command: `{command}`", "",
+            markdown_table({name: r.summary for name, r in results.items()}), "",
+            "Means with 95% Student-t intervals over held-out views x seeds; NaN samples "
+            "(an empty generation has no Chamfer) are left out of the mean and counted in eval.json."]
+    if grid is not None:
+        text += ["", "![best and worst cases](cases.png)"]
+    write_text(out / "eval.md", "\n".join(text) + "\n")
+    if grid is not None:
+        name, dataset = grid
+        cases_png(out / "cases.png", results[name], dataset)
+    return out / "eval.md"
+
+
+def cases_png(path: Path, result: EvalResult, dataset: str | Path, count: int = 4) -> Path:
+    """The ``count`` worst and best samples by ``RANK_KEY``: condition image, the generation
+    from the condition view and from the opposite side, the ground truth from the opposite side."""
+    from vilearn.data.preview import opposite_camera, render_mesh, write_grid
+
+    data = PreparedDataset(dataset)
+    ranked = sorted(result.rows, key=lambda r: r.get(RANK_KEY, -1.0))
+    chosen = ranked[:count] + ranked[-count:] if len(ranked) > 2 * count else ranked
+    rows = []
+    for row in chosen:
+        shape_id, view = row["id"], row["view"]
+        camera, other = data.camera(shape_id, view), opposite_camera(data.camera(shape_id, view))
+        mesh = result.meshes[(shape_id, view, row["seed"])]
+        truth = data.mesh(shape_id)
+        rows.append([data.image(shape_id, view), render_mesh(mesh.verts, mesh.faces, camera),
+                     render_mesh(mesh.verts, mesh.faces, other),
+                     render_mesh(truth["vertices"], truth["faces"], other, truth["face_colors"])])
+    titles = ["condition", "generated (view)", "generated (opposite)", "truth (opposite)"]
+    return write_grid(path, rows, titles)

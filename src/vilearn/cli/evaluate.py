@@ -1,0 +1,70 @@
+"""``vilearn evaluate``: score a trained run on held-out views (thin wrapper over vilearn.bench)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vilearn.cli.app import app, console, fail
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise fail(f"{option} {text!r}: expected comma-separated integers") from None
+    if not values:
+        raise fail(f"{option} {text!r}: give at least one value")
+    return values
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run: Path = typer.Argument(..., help="A training run (or checkpoint) folder."),
+    split: str = typer.Option("val", "--split", help="Held-out split of the run's dataset."),
+    n: int = typer.Option(200, "--n", help="Held-out (shape, view) pairs."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated sampling seeds."),
+    steps: int = typer.Option(25, "--steps", help="Euler steps."),
+    cfg_scale: float = typer.Option(3.0, "--cfg", help="Classifier-free guidance scale."),
+    resolution: int = typer.Option(64, "--resolution", help="Mesh extraction grid."),
+    references: bool = typer.Option(True, "--references/--no-references",
+                                    help="Also score the VAE ceiling and the chance level."),
+    out: Path = typer.Option(None, "--out", "-o", help="Report folder [RUN/eval/step-N]."),
+) -> None:
+    """Generate for held-out views with fixed seeds, compute every metric, write JSON + Markdown
+    (means with 95% intervals) and a PNG of the best and worst cases."""
+    import sys
+
+    from vilearn.bench.evaluate import EvalSettings, evaluate_model, reference_scores, write_report
+    from vilearn.cli.progress import progress_bar
+    from vilearn.train.checkpoint import step_name
+    from vilearn.train.loading import load_trained
+    from vilearn.train.trainer import resolved_vae_name
+    from vilearn.vae.resolve import resolve_vae
+
+    settings = EvalSettings(split=split, n=n, seeds=parse_ints(seeds, "--seeds"), steps=steps,
+                            cfg_scale=cfg_scale, resolution=resolution)
+    try:
+        trained = load_trained(run)
+        vae = resolve_vae(trained.config.vae)
+    except (FileNotFoundError, ValueError) as error:
+        raise fail(str(error)) from error
+    out = out or Path(run) / "eval" / step_name(trained.step)
+    results = {}
+    with progress_bar() as bar:
+        total = n * len(settings.seeds)
+        task = bar.add_task("evaluate", total=total, failed=0, rate="")
+        try:
+            results["model"] = evaluate_model(trained, vae, settings, on_item=lambda: bar.advance(task))
+        except ValueError as error:
+            raise fail(str(error)) from error
+        if references:
+            for mode in ("ceiling", "chance"):
+                task = bar.add_task(mode, total=n, failed=0, rate="")
+                results[mode] = reference_scores(
+                    trained.config.dataset, vae, resolved_vae_name(trained.config), trained.tokens,
+                    mode, settings, on_item=lambda t=task: bar.advance(t))
+    report = write_report(out, results, f"Evaluation of {run} at step {trained.step}",
+                          "vilearn " + " ".join(sys.argv[1:]), grid=("model", trained.config.dataset))
+    console.print(f"report: {report}")

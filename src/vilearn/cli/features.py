@@ -1,0 +1,101 @@
+"""``vilearn cache-features``: a thin wrapper over ``vilearn.train.features``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vilearn.cli.app import app, console, fail
+
+
+def conditioner_config(conditioner: str | None, model: str | None, image_size: int | None):
+    """--conditioner (a config file or packaged name: its ``conditioner`` section or the whole
+    file; or inline YAML keys) or --model; --image-size overrides either -> ConditionerConfig."""
+    import yaml
+
+    from vilearn.config import ConfigError, from_dict, read_yaml, resolve_config_path
+    from vilearn.dit.conditioner import ConditionerConfig
+
+    if (conditioner is None) == (model is None):
+        raise fail("give either --conditioner CONFIG_OR_YAML_KEYS or --model DINOV2_PATH_OR_ID")
+    if model is not None:
+        data = {"kind": "dinov2", "model": model}
+    else:
+        try:
+            data = read_yaml(resolve_config_path(conditioner))
+        except ConfigError as error:
+            if "no such file" not in str(error):
+                raise fail(str(error)) from error
+            try:
+                data = yaml.safe_load(conditioner)
+            except yaml.YAMLError:
+                data = None
+            if not isinstance(data, dict):
+                raise fail(f"--conditioner {conditioner!r}: neither a config file nor YAML keys "
+                           "like '{kind: dinov2, model: PATH, image_size: 518}'") from None
+        data = data.get("conditioner", data)
+        if not isinstance(data, dict):
+            raise fail(f"--conditioner {conditioner!r}: its conditioner section is not a mapping")
+    if image_size is not None:
+        data = {**data, "image_size": image_size}
+    try:
+        return from_dict(ConditionerConfig, data, "conditioner")
+    except ConfigError as error:
+        raise fail(str(error)) from error
+
+
+@app.command("cache-features")
+def cache_features_command(
+    dataset: Path = typer.Argument(..., help="Prepared dataset folder."),
+    conditioner: str = typer.Option(
+        None, "--conditioner",
+        help="A training config (file or packaged name, e.g. paper-1.1b) whose conditioner section "
+             "to use, or inline YAML keys: '{kind: dinov2, model: PATH, image_size: 518}'."),
+    model: str = typer.Option(None, "--model", help="DINOv2 folder or hub id (instead of --conditioner)."),
+    image_size: int = typer.Option(None, "--image-size",
+                                   help="Side the encoder sees (default: the config's, else the "
+                                        "processor's)."),
+    batch: int = typer.Option(16, "--batch", help="Views per encoder call."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 or bfloat16."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Run the frozen image encoder once over every usable view and store its tokens in
+    DATASET/features/<name>/<id>.safetensors for training with conditioner.cached; resumable."""
+    import time
+
+    from vilearn.cli.progress import progress_bar, rate_text
+    from vilearn.data.dataset import PreparedDataset
+    from vilearn.dit.conditioner import build_conditioner
+    from vilearn.train.features import cache_features, features_dir
+
+    config = conditioner_config(conditioner, model, image_size)
+    if config.kind != "dinov2":
+        raise fail(f"conditioner kind {config.kind!r} trains jointly: only a frozen encoder "
+                   "(kind dinov2) has features to cache")
+    try:
+        shapes = len(PreparedDataset(dataset).ids())
+        frozen = build_conditioner(config).to(device)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        raise fail(str(error)) from error
+    start, fresh, failed = time.perf_counter(), 0, 0
+
+    def advance(shape_id: str, outcome: str) -> None:
+        nonlocal fresh, failed
+        fresh += outcome == "cached"
+        failed += outcome == "failed"
+        bar.update(task, advance=1, failed=failed,
+                   rate=rate_text(fresh, time.perf_counter() - start, "shapes"))
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"cache-features ({config.model})", total=shapes, failed=0, rate="")
+        try:
+            name, summary = cache_features(dataset, frozen, batch=batch, dtype=dtype, on_shape=advance)
+        except (FileNotFoundError, ValueError) as error:
+            raise fail(str(error)) from error
+    for shape_id, reason in list(summary.failed.items())[:10]:
+        console.print(f"  failed: {shape_id}: {reason}")
+    console.print(f"{summary.cached} cached, {summary.skipped} already done, "
+                  f"{len(summary.failed)} failed -> {features_dir(dataset, name)}")
+    if summary.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,132 @@
+"""Typed configuration of ``vilearn train`` (the diffusion model). One YAML file; sections:
+
+```yaml
+dataset: data/urdfs            # a prepared dataset with encoded latents and groups
+vae: runs/vae-tiny             # the VAE (run, checkpoint or weights) that made the latents
+vae_name: null                 # latents folder name under DATASET/latents (default: from vae)
+model: {preset: tiny, vape: va-rope, ...}   # any DiTConfig key, plus preset
+conditioner: {kind: patch, image_size: 64, ...}
+timesteps: {density: logit-normal, ...}
+optim: {lr: 1.0e-4, warmup_steps: 100, ...}
+stages: [{tokens: 256, steps: 1000, batch_size: 16}, ...]   # progressive token schedule
+train: {seed: 0, grad_accum: 1, precision: auto, ...}
+val: {every: 500, shapes: 16, ...}
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vilearn.config import from_dict
+from vilearn.dit.conditioner import ConditionerConfig
+from vilearn.dit.config import PRESETS, DiTConfig
+from vilearn.flow.timesteps import TimestepConfig
+
+
+@dataclass
+class StageConfig:
+    """One stage of the progressive schedule: ``steps`` optimizer steps at ``tokens`` tokens."""
+
+    tokens: int
+    steps: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if min(self.tokens, self.steps, self.batch_size) < 1:
+            raise ValueError(f"tokens, steps and batch_size must be positive, got {self}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # the paper's
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    decay: Literal["cosine", "linear", "constant"] = "constant"
+    min_lr_ratio: float = 1.0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class LoopConfig:
+    seed: int = 0
+    grad_accum: int = 1  # micro-batches per optimizer step
+    precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    ema_decay: float = 0.999
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    posterior: Literal["sample", "mean"] = "sample"  # latents: a posterior sample or its mean
+    # Which shape tokens the model is told are visible in training: the view's VST, or (the
+    # benchmark's control) a random group of the same size, which tells whether a gain comes
+    # from visibility or from the rotation itself.
+    visibility: Literal["vst", "random"] = "vst"
+    workers: int = 0  # DataLoader worker processes
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        if self.grad_accum < 1 or self.log_every < 1 or self.ckpt_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("grad_accum, log_every, ckpt_every and keep_checkpoints must be >= 1")
+
+
+@dataclass
+class ValConfig:
+    every: int = 500  # held-out flow loss every N steps (0: never)
+    shapes: int = 16  # held-out (shape, view) pairs, fixed for the whole run
+    timesteps: int = 4  # fixed t values per pair: (i + 0.5) / timesteps
+    seed: int = 1234  # fixed noise
+    sample_every: int = 0  # generated-mesh grid every N steps (0: never)
+    sample_count: int = 4
+    sample_steps: int = 25
+    cfg_scale: float = 3.0
+    resolution: int = 64  # mesh extraction grid
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = ""
+    vae: str = ""
+    vae_name: str | None = None
+    model: dict = field(default_factory=lambda: {"preset": "tiny"})
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(256, 1000, 8)])
+    train: LoopConfig = field(default_factory=LoopConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("stages: at least one (tokens, steps, batch_size) stage is required")
+        _ = self.dit  # validates the model section now, naming a bad key
+
+    @property
+    def dit(self) -> DiTConfig:
+        """The denoiser's config: ``model.preset``'s values overridden by the other keys."""
+        section = dict(self.model)
+        preset = section.pop("preset", "tiny")
+        if preset not in PRESETS:
+            raise ValueError(f"model.preset {preset!r} is not one of {', '.join(sorted(PRESETS))}")
+        return from_dict(DiTConfig, {**PRESETS[preset], **section}, where="model")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages)
+
+    def stage_at(self, step: int) -> tuple[int, StageConfig, int]:
+        """(stage index, stage, first global step of that stage) for optimizer step ``step``."""
+        start = 0
+        for index, stage in enumerate(self.stages):
+            if step < start + stage.steps:
+                return index, stage, start
+            start += stage.steps
+        return len(self.stages) - 1, self.stages[-1], start - self.stages[-1].steps

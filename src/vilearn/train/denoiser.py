@@ -1,0 +1,45 @@
+"""The trainable whole: image conditioner + MM-DiT, one module for Accelerate, EMA and saving."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vilearn.dit.conditioner import ImageConditioner
+from vilearn.dit.model import MMDiT
+
+
+class Denoiser(nn.Module):
+    """``forward(x_t, t, images, visible)`` = ``dit(x_t, t, conditioner(images), visible)``.
+
+    With ``conditioner.cached`` the condition it takes is the cached encoder tokens instead of
+    the images (what ``LatentViewDataset`` yields then), given the same CFG dropout.
+    """
+
+    def __init__(self, dit: MMDiT, conditioner: ImageConditioner):
+        super().__init__()
+        self.dit, self.conditioner = dit, conditioner
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, visible: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """x (B, N, C), t (B,), cond: images (B, 3, S, S) or, cached, tokens (B, L_c, D),
+        visible (B, N) bool -> velocity (B, N, C)."""
+        if self.conditioner.config.cached:
+            tokens = self.conditioner.condition(cond, generator=generator)
+        else:
+            tokens = self.conditioner(cond, generator=generator)
+        return self.dit(x, t, tokens, visible=visible)
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The state worth saving: everything but a frozen pretrained image encoder."""
+        frozen = self.conditioner.config.kind == "dinov2"
+        return {k: v for k, v in self.state_dict().items()
+                if not (frozen and k.startswith("conditioner.encoder."))}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        frozen = self.conditioner.config.kind == "dinov2"
+        missing = [k for k in missing if not (frozen and k.startswith("conditioner.encoder."))]
+        if missing or unexpected:
+            raise KeyError(f"checkpoint does not fit the model: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")

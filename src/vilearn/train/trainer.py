@@ -1,0 +1,351 @@
+"""``vilearn train``: the diffusion model's training loop on Accelerate.
+
+Cut into named pieces: ``build_model``, ``build_optimizer``, ``check_inputs``,
+``training_step``, ``save_state`` / ``load_state``, ``train``. A run folder holds::
+
+    RUN/config.yaml            the resolved config
+    RUN/git.txt                the git revision the run started from, when known
+    RUN/latent_stats/<N>.json  the latent statistics the model was trained with
+    RUN/log.jsonl              one JSON row per logged step and per validation
+    RUN/tb/                    TensorBoard events
+    RUN/checkpoints/           step-XXXXXXX/{model,ema,optimizer,rng}.safetensors + meta.json, latest
+    RUN/val/step-XXXXXXX.png   generated meshes next to the condition images
+
+Exactness: the data order, each item's random choices, the timesteps, the noise and the
+condition dropout of step s are pure functions of (seed, s); the LR is a function of s; model,
+EMA, optimizer and RNG states are saved. A run stopped at step s and resumed therefore
+reproduces the uninterrupted loss curve exactly on CPU. Stages of the progressive token
+schedule share the optimizer and EMA (the denoiser's weights do not depend on N).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from vilearn.config import ConfigError, to_dict
+from vilearn.dit.conditioner import build_conditioner
+from vilearn.dit.model import MMDiT
+from vilearn.flow.normalize import LatentStats
+from vilearn.flow.objective import flow_matching_loss
+from vilearn.io import write_json, write_text
+from vilearn.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+)
+from vilearn.train.config import TrainConfig
+from vilearn.train.data import LatentViewDataset, StepBatches, batch_condition
+from vilearn.train.denoiser import Denoiser
+from vilearn.train.ema import EMA
+from vilearn.train.logging import JSONLLogger
+from vilearn.train.rng import capture_rng_state, restore_rng_state
+from vilearn.train.runtime import git_commit, resolve_precision, step_seed
+from vilearn.train.schedule import lr_factor
+from vilearn.vae.encode import latents_dir
+
+BUCKETS = (0.25, 0.5, 0.75)  # loss is also logged by t in [0, .25), [.25, .5), ...
+
+
+def resolved_vae_name(config: TrainConfig) -> str:
+    if config.vae_name:
+        return config.vae_name
+    if not config.vae:
+        raise ConfigError("vae: the VAE that made the latents is required (or set vae_name)")
+    from vilearn.vae.resolve import vae_name
+
+    return vae_name(config.vae)
+
+
+def check_inputs(config: TrainConfig) -> dict[int, LatentStats]:
+    """Fail at start, naming the problem: dataset, latents, stats, channel counts, widths."""
+    from vilearn.data.dataset import PreparedDataset
+
+    if not config.dataset:
+        raise ConfigError("dataset: a prepared dataset folder is required")
+    try:
+        PreparedDataset(config.dataset)
+    except FileNotFoundError as error:
+        raise ConfigError(f"dataset: {error}") from error
+    name, dit = resolved_vae_name(config), config.dit
+    stats = {}
+    for stage in config.stages:
+        path = latents_dir(config.dataset, name, stage.tokens) / "stats.json"
+        if not path.is_file():
+            raise ConfigError(
+                f"dataset {config.dataset}: no latents for VAE {name!r} at {stage.tokens} tokens "
+                f"({path} is missing; run 'vilearn encode' and 'vilearn group' first)")
+        stats[stage.tokens] = LatentStats.load(path)
+        if stats[stage.tokens].channels != dit.in_channels:
+            raise ConfigError(
+                f"VAE/DiT channel mismatch: the latents of {name!r} have "
+                f"{stats[stage.tokens].channels} channels but model.in_channels is {dit.in_channels}")
+    return stats
+
+
+def cached_features(config: TrainConfig, model: Denoiser) -> str | None:
+    """The features folder the run reads (``conditioner.cached``), checked at start; else None."""
+    if not config.conditioner.cached:
+        return None
+    from vilearn.train.features import check_features
+
+    try:
+        return check_features(config.dataset, model.conditioner)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"conditioner.cached: {error}") from error
+
+
+def build_model(config: TrainConfig) -> Denoiser:
+    conditioner = build_conditioner(config.conditioner, context_in_dim=config.dit.context_in_dim)
+    dit = MMDiT(config.dit)
+    dit.gradient_checkpointing = config.train.gradient_checkpointing
+    return Denoiser(dit, conditioner)
+
+
+def build_optimizer(model: Denoiser, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; matrices decay, biases and norm gains do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = config.optim
+    return torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+        lr=o.lr, betas=tuple(o.betas))
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (then it saves)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with their owner
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # a second signal: give up at once
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], stats: LatentStats,
+                  config: TrainConfig, step: int) -> dict[str, float]:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the logged values."""
+    o = config.optim
+    factor = lr_factor(step, o.warmup_steps, config.total_steps, o.decay, o.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = o.lr * factor
+    losses, per_sample, times = [], [], []
+    grad_norm = torch.zeros(())
+    for micro, batch in enumerate(batches):
+        generator = torch.Generator().manual_seed(
+            step_seed(config.train.seed, step, micro, accelerator.process_index))
+        x = stats.normalize(batch["latents"].to(accelerator.device))
+        cond = batch_condition(batch).to(accelerator.device)
+        visible = batch["visible"].to(accelerator.device)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                result = flow_matching_loss(
+                    lambda x_t, t, cond, visible, g=generator: model(x_t, t, cond, visible, g),
+                    x, cond, visible, timesteps=config.timesteps, generator=generator)
+            accelerator.backward(result.loss)
+            if accelerator.sync_gradients and o.grad_clip > 0:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(result.loss.detach())
+        per_sample.append(result.per_sample)
+        times.append(result.t.to(result.per_sample.device))
+    ema.update(accelerator.unwrap_model(model), step)
+    per_sample = accelerator.gather(torch.cat(per_sample)).float().cpu()
+    times = accelerator.gather(torch.cat(times)).float().cpu()
+    record = {"loss": float(per_sample.mean()), "lr": o.lr * factor, "grad_norm": float(grad_norm)}
+    edges = (0.0, *BUCKETS, 1.0)
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (times >= low) & (times < high)
+        if inside.any():
+            record[f"loss_t{low:.2f}-{high:.2f}"] = float(per_sample[inside].mean())
+    return record
+
+
+def save_state(out: Path, step: int, model: Denoiser, optimizer, ema: EMA, config: TrainConfig) -> Path:
+    meta = {"config": to_dict(config), "dit_config": to_dict(config.dit), "git": git_commit(),
+            "stage": config.stage_at(step)[0] if step < config.total_steps else len(config.stages) - 1}
+    return save_checkpoint(out / "checkpoints", step, {
+        "model": model.trainable_state(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer_to_tensors(optimizer.state_dict()),
+        "rng": capture_rng_state(),
+    }, meta=meta, keep=config.train.keep_checkpoints)
+
+
+def load_state(path: Path, model: Denoiser, optimizer, ema: EMA) -> int:
+    groups, meta = load_checkpoint(path)
+    model.load_trainable_state(groups["model"])
+    optimizer.load_state_dict(optimizer_from_tensors(groups["optimizer"]))
+    ema.load_state_dict(groups["ema"])
+    restore_rng_state(groups["rng"])
+    return int(meta["step"])
+
+
+def find_resume(out: Path, resume: str | None) -> Path | None:
+    """``None``: fresh (refuses an existing run); ``latest``: its latest checkpoint if any; a path."""
+    folder = out / "checkpoints"
+    if resume is None:
+        if latest_checkpoint(folder) is not None:
+            raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+        return None
+    if resume == "latest":
+        return latest_checkpoint(folder)
+    path = Path(resume)
+    if not (path / "meta.json").is_file():
+        raise ConfigError(f"--resume {resume}: not a checkpoint folder (no meta.json)")
+    return path
+
+
+def check_resume_config(out: Path, config: TrainConfig) -> None:
+    """A resumed run must keep its config; only the stages' step counts may change."""
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    current = to_dict(config)
+    for key in current:
+        a, b = stored.get(key), current[key]
+        if key == "stages":
+            a = [{k: v for k, v in s.items() if k != "steps"} for s in a]
+            b = [{k: v for k, v in s.items() if k != "steps"} for s in b]
+        if key in ("val",):
+            continue
+        if a != b:
+            raise ConfigError(f"{key}: differs from {out / 'config.yaml'}; resume with the run's own "
+                              "config (only stage step counts and val may change) or choose a new --out")
+
+
+def _loader(dataset: LatentViewDataset, sampler: StepBatches, workers: int):
+    from torch.utils.data import DataLoader
+
+    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                           persistent_workers=False, pin_memory=torch.cuda.is_available()))
+
+
+def train(config: TrainConfig, out: str | Path, resume: str | None = None,
+          max_steps: int | None = None, on_log: Callable[[dict], None] | None = None,
+          on_stage: Callable[[int, LatentViewDataset], None] | None = None) -> dict:
+    """Train (or resume) the diffusion model in ``out``; returns the last train/val records.
+
+    ``max_steps``: stop after this global step in this call (the schedule still spans all stages).
+    SIGTERM or Ctrl-C saves a checkpoint at the end of the current step, then returns with
+    ``record["interrupted"] = signal number``.
+    """
+    from accelerate import Accelerator
+
+    from vilearn.train.validation import Validator
+
+    out = Path(out)
+    stats = check_inputs(config)
+    checkpoint = find_resume(out, resume)
+    t = config.train
+    accelerator = Accelerator(mixed_precision=resolve_precision(t.precision),
+                              gradient_accumulation_steps=t.grad_accum)
+    main = accelerator.is_main_process
+    torch.manual_seed(t.seed)
+    model = build_model(config)
+    features = cached_features(config, model)  # before the run folder is made
+    optimizer = build_optimizer(model, config)
+    ema = EMA(model, t.ema_decay, keys=model.trainable_state().keys())
+    start = 0
+    if checkpoint is not None:
+        check_resume_config(out, config)
+        start = load_state(checkpoint, model, optimizer, ema)
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        write_text(out / "git.txt", (git_commit() or "unknown") + "\n")
+        for tokens, stat in stats.items():
+            write_json(out / "latent_stats" / f"{tokens}.json", stat.to_dict())
+    image_size = model.conditioner.image_size
+    if t.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    logger, writer = JSONLLogger(out / "log.jsonl"), None
+    if main:
+        logger.truncate_after(start)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start)
+    validator = Validator(config, resolved_vae_name(config), stats, out, features) if main else None
+    stop = min(config.total_steps, max_steps if max_steps is not None else config.total_steps)
+    last: dict = {}
+    step, stage_index, batches = start, None, None
+    model.train()
+    tic, tic_step = time.perf_counter(), start
+    with StopSignal() as stop_signal:
+        while step < stop:
+            index, stage, stage_start = config.stage_at(step)
+            if index != stage_index:
+                stage_index = index
+                dataset = LatentViewDataset(config.dataset, resolved_vae_name(config), stage.tokens,
+                                            "train", image_size, t.posterior, features=features,
+                                            visibility=t.visibility)
+                if on_stage:
+                    on_stage(index, dataset)
+                if main:
+                    logger.log({"step": step, "stage": index, "tokens": stage.tokens,
+                                "batch_size": stage.batch_size, "items": len(dataset),
+                                "skipped": dict(dataset.skipped)})
+                world = accelerator.num_processes
+                if stage.batch_size % world:
+                    raise ConfigError(f"stages[{index}].batch_size {stage.batch_size} is not divisible "
+                                      f"by the {world} processes")
+                sampler = StepBatches(len(dataset), stage.batch_size // world, t.grad_accum, t.seed,
+                                      index, step - stage_start, stage.steps,
+                                      accelerator.process_index, world)
+                batches = _loader(dataset, sampler, t.workers)
+            micro = [next(batches) for _ in range(t.grad_accum)]
+            record = training_step(accelerator, model, optimizer, ema, micro, stats[stage.tokens],
+                                   config, step)
+            step += 1
+            if main and (step % t.log_every == 0 or step == stop or step == start + 1):
+                seconds = time.perf_counter() - tic
+                rate = (step - tic_step) / max(seconds, 1e-9)
+                record.update(step=step, stage=index, tokens=stage.tokens, steps_per_s=rate,
+                              samples_per_s=rate * stage.batch_size * t.grad_accum)
+                logger.log(record)
+                for key, value in record.items():
+                    if key not in ("step", "stage"):
+                        writer.add_scalar(f"train/{key}", value, step)
+                tic, tic_step = time.perf_counter(), step
+                last["train"] = record
+                if on_log:
+                    on_log(record)
+            interrupted = stop_signal.received is not None
+            if step % t.ckpt_every == 0 or step == stop or interrupted:
+                accelerator.wait_for_everyone()
+                if main:
+                    save_state(out, step, accelerator.unwrap_model(model), optimizer, ema, config)
+            if main and validator.due(step, stop):
+                last["val"] = validator.run(step, accelerator.unwrap_model(model), ema, logger, writer)
+                if on_log:
+                    on_log(last["val"])
+            if interrupted:
+                last["interrupted"] = stop_signal.received
+                break
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return last
+

@@ -1,0 +1,105 @@
+"""Evaluation end to end on a tiny run, the speed-up arithmetic on synthetic curves, and a
+miniature convergence benchmark."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from vilearn.bench.speedup import speedup, steps_to_reach
+
+
+def test_steps_to_reach_interpolates_the_first_crossing():
+    steps = [100, 200, 300, 400]
+    assert steps_to_reach(steps, [0.1, 0.3, 0.5, 0.4], 0.4, higher_is_better=True) == pytest.approx(250)
+    assert steps_to_reach(steps, [1.0, 0.8, 0.6, 0.2], 0.7, higher_is_better=False) == pytest.approx(250)
+    assert steps_to_reach(steps, [0.9, 1.0, 1.0, 1.0], 0.5, higher_is_better=True) == 100
+    assert steps_to_reach(steps, [0.1, 0.2, 0.2, 0.3], 0.5, higher_is_better=True) is None
+
+
+def test_speedup_of_a_curve_twice_as_fast_is_two():
+    steps = np.arange(1, 11) * 100.0
+    baseline = 1 - np.exp(-steps / 400)  # reaches its final value late
+    faster = 1 - np.exp(-2 * steps / 400)  # the same curve at twice the rate
+    result = speedup(steps, baseline, faster, higher_is_better=True, average_last=1)
+    assert result["target"] == pytest.approx(baseline[-1])
+    assert result["baseline_steps"] == pytest.approx(1000)
+    # the variant reaches baseline[-1] = 1 - e^-2.5 exactly at step 500, between checkpoints
+    # its linear interpolation is within a few steps of that
+    assert result["variant_steps"] == pytest.approx(500, abs=10)
+    assert result["speedup"] == pytest.approx(2.0, rel=0.03)
+
+
+def test_speedup_not_reached_and_lower_is_better():
+    steps = [1, 2, 3, 4]
+    assert speedup(steps, [4, 3, 2, 1], [4, 4, 4, 4], higher_is_better=False)["speedup"] is None
+    result = speedup(steps, [4.0, 3.0, 2.0, 1.0], [2.0, 1.0, 0.5, 0.5], False, average_last=2)
+    assert result["target"] == 1.5
+    assert result["baseline_steps"] == pytest.approx(3.5)
+    assert result["variant_steps"] == pytest.approx(1.5)
+    assert result["speedup"] == pytest.approx(3.5 / 1.5)
+
+
+def test_evaluate_end_to_end_on_a_tiny_run(encoded, tmp_path):
+    from typer.testing import CliRunner
+
+    from vilearn.cli import app
+    from vilearn.config import load_config
+    from vilearn.train.config import TrainConfig
+    from vilearn.train.trainer import train
+
+    config = load_config(TrainConfig, "dit-tiny", [
+        f"dataset={encoded / 'data'}", f"vae={encoded / 'vae'}", "vae_name=vae",
+        "stages=[{tokens: 32, steps: 2, batch_size: 2}]", "val.every=0",
+        "conditioner={kind: patch, image_size: 32, patch_size: 16, width: 64, depth: 1, num_heads: 4}",
+    ])
+    train(config, tmp_path / "run")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--n", "2", "--seeds", "0,1",
+                                      "--steps", "2", "--resolution", "32", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report) == {"model", "ceiling", "chance"}
+    rows = report["model"]["rows"]
+    assert len(rows) == 4 and {r["seed"] for r in rows} == {0, 1}
+    # the ceiling decodes each shape's own latents: same shapes and views as the model rows
+    assert {(r["id"], r["view"]) for r in report["ceiling"]["rows"]} == {(r["id"], r["view"]) for r in rows}
+    assert {r["source"] for r in report["chance"]["rows"]} <= {r["id"] for r in rows} | set(
+        p.stem for p in (encoded / "data" / "latents" / "vae" / "32").glob("*.safetensors"))
+    assert "fscore@0.05" in (out / "eval.md").read_text() and (out / "cases.png").is_file()
+    iou = report["model"]["summary"]["iou"]
+    assert 0.0 <= iou["mean"] <= 1.0 or math.isnan(iou["mean"])
+
+
+@pytest.mark.slow
+def test_a_miniature_convergence_benchmark(encoded, tmp_path):
+    from vilearn.bench.convergence import BenchConfig, run_benchmark
+    from vilearn.config import load_config
+
+    prepare = tmp_path / "prepare.yaml"
+    prepare.write_text("surface_points: 2048\nuniform_points: 1024\nnear_points: 1024\nval_fraction: 0.34\n"
+                       "views: {count: 2, image_size: 64, visible_points: 512}\n")
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"limit": 6, "prepare": str(prepare), "vae": str(encoded / "vae"), "tokens": 32},
+        "overrides": ["val.every=2", "train.ckpt_every=2",
+                      "conditioner={kind: patch, image_size: 32, patch_size: 16, width: 64, depth: 1, "
+                      "num_heads: 4}"],
+        "variants": ["none", "va-rope-random"], "seeds": [0], "steps": 4, "batch_size": 2,
+        "eval_every": 2, "eval": {"n": 2, "steps": 2, "resolution": 32, "points": 2000},
+        "metrics": ["fscore@0.05", "chamfer_l1"],
+    }))
+    bench = load_config(BenchConfig, path)
+    report = run_benchmark(bench, tmp_path / "out", say=lambda text: None)
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert {(r["variant"], r["step"]) for r in records} == {
+        ("none", 2), ("none", 4), ("va-rope-random", 2), ("va-rope-random", 4)}
+    text = report.read_text()
+    assert "| fscore@0.05 | va-rope-random |" in text and "Chance and ceiling" in text
+    assert (tmp_path / "out" / "curve-fscore_0.05.png").is_file()
+    # a second call finds everything done and only redraws the report
+    run_benchmark(bench, tmp_path / "out", say=lambda text: None)
+    again = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(again) == len(records)

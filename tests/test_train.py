@@ -1,0 +1,177 @@
+"""The diffusion trainer: a CLI run and generate, exact resume, stage switching, SIGTERM,
+and errors at start that name the problem."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from vilearn.cli import app
+from vilearn.config import ConfigError, load_config
+from vilearn.train.checkpoint import latest_checkpoint, load_checkpoint
+from vilearn.train.config import TrainConfig
+from vilearn.train.trainer import train
+
+
+def make_config(root: Path, **changes) -> TrainConfig:
+    data = {
+        "dataset": str(root / "data"),
+        "vae": str(root / "vae"),
+        "model": {"preset": "tiny", "vape": "va-rope"},
+        "conditioner": {"kind": "patch", "image_size": 32, "patch_size": 16, "width": 64,
+                        "depth": 1, "num_heads": 4},
+        "stages": [{"tokens": 32, "steps": 4, "batch_size": 2}, {"tokens": 64, "steps": 4, "batch_size": 3}],
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+        "train": {"log_every": 1, "ckpt_every": 2, "keep_checkpoints": 2},
+        "val": {"every": 4, "shapes": 2, "timesteps": 2},
+    }
+    for key, value in changes.items():
+        section, _, leaf = key.partition(".")
+        if leaf:
+            data.setdefault(section, {})[leaf] = value
+        else:
+            data[section] = value
+    path = root / f"config-{len(list(root.glob('config-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(TrainConfig, path)
+
+
+def train_losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "grad_norm" in r]
+
+
+def test_two_steps_through_the_cli_then_generate(encoded, tmp_path):
+    config = make_config(encoded, stages=[{"tokens": 32, "steps": 2, "batch_size": 2}])
+    config_path = tmp_path / "c.yaml"
+    from vilearn.config import to_dict
+
+    config_path.write_text(yaml.safe_dump(to_dict(config)))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--config", str(config_path), "--out", str(run),
+                                      "val.every=0"])
+    assert result.exit_code == 0, result.output
+    groups, meta = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert meta["step"] == 2 and "dit.final_layer.linear.weight" in groups["ema"]
+    image = encoded / "data" / "shapes"
+    first = sorted(image.glob("*/views/000.png"))[0]
+    out = tmp_path / "meshes"
+    result = CliRunner().invoke(app, ["generate", str(first), "--model", str(run), "--out", str(out),
+                                      "--steps", "2", "--resolution", "32", "--format", "glb,ply"])
+    assert result.exit_code == 0, result.output
+    assert (out / "000.glb").is_file() and (out / "000.ply").is_file()
+
+
+def test_generate_names_an_unreadable_image(encoded, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = CliRunner().invoke(app, ["generate", str(bad), "--model", str(tmp_path), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "bad.png: not a readable image" in result.output
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(encoded, tmp_path):
+    config = make_config(encoded)
+    train(config, tmp_path / "whole")
+    train(config, tmp_path / "split", max_steps=3)  # stops inside stage 0
+    train(config, tmp_path / "split", resume="latest")
+    whole, split = train_losses(tmp_path / "whole"), train_losses(tmp_path / "split")
+    assert [s for s, _ in whole] == list(range(1, 9))
+    assert split == whole
+
+
+def test_stage_switch_changes_tokens_and_keeps_optimizer_and_ema(encoded, tmp_path):
+    config = make_config(encoded)
+    seen = []
+    train(config, tmp_path / "run", max_steps=4, on_stage=lambda i, d: seen.append((i, d.tokens)))
+    groups4, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000004")
+    train(config, tmp_path / "run", resume="latest", max_steps=5,
+          on_stage=lambda i, d: seen.append((i, d.tokens)))
+    groups5, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000005")
+    assert seen == [(0, 32), (1, 64)]
+    # AdamW's step counters carried on (5, not 1) and EMA moved on from its stage-0 state
+    steps5 = [v for k, v in groups5["optimizer"].items() if k.endswith(".step")]
+    assert steps5 and all(float(v) == 5 for v in steps5)
+    key = "dit.final_layer.linear.weight"
+    assert not torch.equal(groups4["ema"][key], groups5["ema"][key])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows if "grad_norm" in r] == [32, 32, 32, 32, 64]
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_a_valid_checkpoint(encoded, tmp_path):
+    from vilearn.config import to_dict
+
+    config = make_config(encoded, stages=[{"tokens": 32, "steps": 100000, "batch_size": 2}],
+                         train={"log_every": 1, "ckpt_every": 100000})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "vilearn", "train", "--config", str(path),
+                                "--out", str(run), "val.every=0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = run / "log.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130, process.stderr.read().decode()
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    groups, meta = load_checkpoint(checkpoint)
+    assert meta["step"] >= 3 and set(groups) == {"model", "ema", "optimizer", "rng"}
+    assert meta["step"] == max(s for s, _ in train_losses(run))
+
+
+def test_errors_at_start_name_the_problem(encoded, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: x\nmodel: {preset: tiny}\noptim: {learning_rate: 0.1}\n")
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+        load_config(TrainConfig, bad)
+    with pytest.raises(ConfigError, match="model: unknown key 'depht'"):
+        make_config(encoded, model={"preset": "tiny", "depht": 3})
+    with pytest.raises(ConfigError, match="dataset: .*no manifest.jsonl"):
+        train(make_config(encoded, dataset=str(tmp_path / "nowhere")), tmp_path / "r1")
+    with pytest.raises(ConfigError, match="channel mismatch.*8 channels but model.in_channels is 16"):
+        train(make_config(encoded, model={"preset": "tiny", "in_channels": 16}), tmp_path / "r2")
+    with pytest.raises(ConfigError, match="no latents for VAE 'vae' at 128 tokens"):
+        train(make_config(encoded, stages=[{"tokens": 128, "steps": 1, "batch_size": 1}]), tmp_path / "r3")
+
+
+def test_data_order_is_a_function_of_the_step():
+    from vilearn.train.data import StepBatches
+
+    whole = list(StepBatches(7, 3, 2, seed=5, stage=0, start=0, stop=6))
+    tail = list(StepBatches(7, 3, 2, seed=5, stage=0, start=2, stop=6))
+    assert tail == whole[4:]
+    indices = [i for batch in whole[:7] for i, _ in batch][:21]
+    assert sorted(indices[:7]) == list(range(7)) and sorted(indices[7:14]) == list(range(7))
+    ranks = [list(StepBatches(7, 3, 1, 5, 0, 0, 2, rank=r, world=2)) for r in (0, 1)]
+    assert ranks[0][0] != ranks[1][0]
+
+
+def test_loss_by_timestep_bucket_is_logged(encoded, tmp_path):
+    train(make_config(encoded, stages=[{"tokens": 32, "steps": 2, "batch_size": 4}]), tmp_path / "r")
+    row = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()][1]
+    buckets = [k for k in row if k.startswith("loss_t")]
+    assert buckets and all(np.isfinite(row[k]) for k in buckets)
+    assert {"steps_per_s", "samples_per_s", "lr", "grad_norm"} <= set(row)
+
+
+@pytest.mark.parametrize("name", ["dit-tiny", "paper-0.39b", "paper-1.1b"])
+def test_packaged_train_configs_are_valid(name):
+    config = load_config(TrainConfig, name)
+    assert config.optim.lr > 0 and config.stages
+    tokens = [stage.tokens for stage in config.stages]
+    assert tokens == sorted(tokens)
+    if name.startswith("paper"):
+        assert config.optim.lr == 1e-4 and config.train.precision == "bf16"
+        assert tokens[:3] == [256, 1024, 2048] and config.dit.in_channels == 64

@@ -10,14 +10,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-PACKAGED_VAE = Path(__file__).resolve().parents[1] / "assets" / "vae-tiny"
+PACKAGED_VAE = Path(__file__).resolve().parents[1] / "assets" / "vae-tiny-urdfs.safetensors"
 
 
 def resolve_vae_path(vae: str) -> Path:
     """``packaged`` -> the committed tiny VAE; anything else is taken as a path."""
     if vae != "packaged":
         return Path(vae)
-    if not (PACKAGED_VAE / "model.safetensors").is_file():
+    if not PACKAGED_VAE.is_file():
         raise FileNotFoundError(f"no packaged tiny VAE at {PACKAGED_VAE}; train one with "
                                 "'vilearn train-vae DATASET --config vae-tiny --out RUN' and pass it")
     return PACKAGED_VAE

@@ -18,7 +18,6 @@ so stopping at step N and resuming reproduces the uninterrupted run bit for bit 
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,17 +38,12 @@ from vilearn.train.checkpoint import (
     save_checkpoint,
     step_name,
 )
+from vilearn.train.runtime import git_commit, resolve_precision, step_seed
 from vilearn.vae.data import Batch, ShapeSampler, read_manifest, tsdf_targets
 from vilearn.vae.loading import save_vae
 from vilearn.vae.model import VecSetVAE
 from vilearn.vae.train_config import TrainVAEConfig
 from vilearn.vae.validate import validate
-
-
-def resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainVAEConfig) -> torch.optim.AdamW:
@@ -60,10 +54,6 @@ def build_optimizer(model: torch.nn.Module, config: TrainVAEConfig) -> torch.opt
     return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
                              lr=o.lr, betas=tuple(o.betas))
-
-
-def step_seed(seed: int, step: int, *salt: int) -> int:
-    return int(np.random.default_rng([seed, step, *salt]).integers(2 ** 62))
 
 
 def num_tokens_at(config: TrainVAEConfig, step: int) -> int:
@@ -129,15 +119,6 @@ def load_state(path: Path, model, optimizer, ema: EMA) -> int:
     ema.load_state_dict(groups["ema"])
     restore_rng_state(groups["rng"])
     return int(meta["step"])
-
-
-def git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
 
 
 def check_resume_config(out: Path, config: TrainVAEConfig) -> None:

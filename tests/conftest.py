@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import pytest
@@ -31,8 +32,7 @@ def tiny_dataset(tmp_path_factory, tiny_prepare_config):
     from vilearn.data.prepare import prepare_dataset
 
     root = tmp_path_factory.mktemp("tiny-dataset")
-    config = tiny_prepare_config
-    config.val_fraction = 0.34  # make sure both splits are populated
+    config = dataclasses.replace(tiny_prepare_config, val_fraction=0.34)  # both splits populated
     summary = prepare_dataset("pybullet:random_urdfs", root, config, workers=1, limit=6)
     assert summary.ok == 6
     return root
@@ -52,8 +52,7 @@ def encoded(tmp_path_factory, tiny_prepare_config):
     from vilearn.vae.encode import encode_dataset
 
     root = tmp_path_factory.mktemp("encoded")
-    config = tiny_prepare_config
-    config.val_fraction = 0.34
+    config = dataclasses.replace(tiny_prepare_config, val_fraction=0.34)
     prepare_dataset("pybullet:random_urdfs", root / "data", config, limit=6)
     torch.manual_seed(0)
     vae = VecSetVAE(preset("tiny")).eval()

@@ -41,26 +41,6 @@ def dinov2(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory, tiny_prepare_config):
-    """Six prepared shapes, a tiny random-weight VAE, latents at 32 tokens, groups."""
-    from vilearn.data.prepare import prepare_dataset
-    from vilearn.grouping.run import group_dataset
-    from vilearn.vae import VecSetVAE, preset, save_vae
-    from vilearn.vae.encode import encode_dataset
-
-    root = tmp_path_factory.mktemp("encoded")
-    config = tiny_prepare_config
-    config.val_fraction = 0.34
-    prepare_dataset("pybullet:random_urdfs", root / "data", config, limit=6)
-    torch.manual_seed(0)
-    vae = VecSetVAE(preset("tiny")).eval()
-    save_vae(root / "vae", vae)
-    encode_dataset(root / "data", vae, "vae", [32], surface_points=1024)
-    group_dataset(root / "data", vae, "vae", [32])
-    return root
-
-
 def cache(dataset: Path, dinov2: Path, *extra: str):
     return CliRunner().invoke(app, ["cache-features", str(dataset), "--model", str(dinov2),
                                     "--image-size", str(SIZE), "--batch", "3", *extra])

@@ -68,8 +68,10 @@ class Camera:
             of pixel (row i, column j) is at index ``i * width + j``.
         """
         key = (self.width, self.height, *self.K[:2].reshape(-1).tolist())
-        directions = _camera_directions(key) @ self.c2w[:3, :3].T
-        origins = np.broadcast_to(self.center, directions.shape).copy()
+        cam, rotation = _camera_directions(key), self.c2w[:3, :3]
+        # three column products: numpy's matmul with an inner size of 3 is several times slower
+        directions = cam[:, :1] * rotation[:, 0] + cam[:, 1:2] * rotation[:, 1] + cam[:, 2:] * rotation[:, 2]
+        origins = np.broadcast_to(self.center, directions.shape)
         return origins, directions
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ DATASET/
                                 near_points (M, 3), near_labels (M,) bool
   shapes/<id>/views/<k>.npz     K (3, 3), c2w (4, 4), image_size (2,) [H, W], mask (H, W) bool,
                                 depth (H, W) float32, normal (H, W, 3) float16,
-                                visible_points (P, 3) float32, visible_normals (P, 3) float32,
+                                visible_points (P, 3) float32, visible_normals (P, 3) float16,
                                 visible_count () int64 (hits before subsampling)
   shapes/<id>/views/<k>.png     the condition image, RGB on white (H, W, 3)
 ```

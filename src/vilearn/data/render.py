@@ -31,37 +31,44 @@ class ViewRender:
 
 
 class Raycaster:
-    """First-hit ray casting against one mesh; build once, cast many views.
+    """First-hit ray casting against one mesh with Embree; build once, cast many views.
 
     vertices (V, 3), faces (F, 3); ``face_rgb`` (F, 3) uint8 base colours (grey if None).
     """
 
     def __init__(self, vertices: np.ndarray, faces: np.ndarray, face_rgb: np.ndarray | None = None):
-        self.mesh = trimesh.Trimesh(vertices, faces, process=False)
+        from embreex import rtcore_scene
+        from embreex.mesh_construction import TriangleMesh
+
+        self.vertices = np.asarray(vertices, np.float64)
+        self.faces = np.asarray(faces, np.int64)
+        self.mesh = trimesh.Trimesh(self.vertices, self.faces, process=False)
         self.face_normals = np.asarray(self.mesh.face_normals, np.float64)
         self.face_rgb = (
             np.full((len(faces), 3), 178, np.uint8) if face_rgb is None else np.asarray(face_rgb)
         )
-        if trimesh.ray.has_embree:
-            from trimesh.ray.ray_pyembree import RayMeshIntersector
-        else:  # embreex is a dependency; the pure-Python fallback is slow but exact
-            from trimesh.ray.ray_triangle import RayMeshIntersector
-        self.intersector = RayMeshIntersector(self.mesh)
+        # Embree (through embreex) finds the first triangle along each ray; the hit point is
+        # then computed in float64 from that triangle's plane, so it lies exactly on the mesh.
+        self.scene = rtcore_scene.EmbreeScene()
+        TriangleMesh(self.scene, self.vertices.astype(np.float32), self.faces.astype(np.int32))
 
     def first_hits(self, origins: np.ndarray, directions: np.ndarray):
-        """Rays (R, 3) -> (face index (H,), ray index (H,), hit location (H, 3)) of first hits."""
-        faces, rays, locations = self.intersector.intersects_id(
-            origins, directions, multiple_hits=False, return_locations=True
-        )
-        return np.asarray(faces, np.int64), np.asarray(rays, np.int64), np.asarray(locations)
+        """Rays (R, 3), unit directions -> (face index (H,), ray index (H,), hit location (H, 3))
+        of the rays that hit, in ray order."""
+        triangles = self.scene.run(origins.astype(np.float32), directions.astype(np.float32))
+        rays = np.flatnonzero(triangles >= 0)
+        faces = triangles[rays].astype(np.int64)
+        normals = self.face_normals[faces]
+        anchor = self.vertices[self.faces[faces, 0]]
+        o, d = origins[rays], directions[rays]
+        t = ((anchor - o) * normals).sum(axis=1) / (d * normals).sum(axis=1)
+        return faces, rays, o + t[:, None] * d
 
     def render(self, camera: Camera, ambient: float = 0.35, diffuse: float = 0.65) -> ViewRender:
         """Render ``camera``'s view with a headlight (Lambertian + ambient) on a white background."""
         h, w = camera.height, camera.width
         origins, directions = camera.pixel_rays()
         faces, rays, hits = self.first_hits(origins, directions)
-        order = np.argsort(rays)
-        faces, rays, hits = faces[order], rays[order], hits[order]
         normals = self.face_normals[faces]
         # Two-sided Lambert with the light at the eye: thin or inverted faces still shade.
         shade = ambient + diffuse * np.abs((normals * directions[rays]).sum(axis=1))

@@ -68,7 +68,7 @@ def run_demo(out: str | Path, settings: DemoSettings, say: Progress = print) -> 
     for variant in VARIANTS:
         clock = time.perf_counter()
         say(f"4/5 train the tiny MM-DiT with vape={variant} ({settings.steps} steps)")
-        runs[variant] = _train(out, dataset, vae_path, variant, settings, say)
+        runs[variant] = _train(out, dataset, vae_path, vae.config.embed_dim, variant, settings, say)
         settings.timings[f"train {variant}"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -98,8 +98,8 @@ def _vae(out: Path, dataset: Path, settings: DemoSettings, say: Progress) -> Pat
     return out / "vae"
 
 
-def _train(out: Path, dataset: Path, vae_path: Path, variant: str, settings: DemoSettings,
-           say: Progress) -> Path:
+def _train(out: Path, dataset: Path, vae_path: Path, channels: int, variant: str,
+           settings: DemoSettings, say: Progress) -> Path:
     from vilearn.config import load_config
     from vilearn.train.checkpoint import latest_checkpoint
     from vilearn.train.config import TrainConfig
@@ -108,6 +108,7 @@ def _train(out: Path, dataset: Path, vae_path: Path, variant: str, settings: Dem
     run = out / "runs" / f"dit-{variant}"
     config = load_config(TrainConfig, "dit-tiny", [
         f"dataset={dataset}", f"vae={vae_path}", "vae_name=demo-vae", f"model.vape={variant}",
+        f"model.in_channels={channels}",  # the DiT predicts the VAE's latents
         f"stages=[{{tokens: {settings.tokens}, steps: {settings.steps}, batch_size: 16}}]",
     ])
     checkpoint = latest_checkpoint(run / "checkpoints")

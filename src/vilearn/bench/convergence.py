@@ -75,9 +75,14 @@ def higher_is_better(metric: str) -> bool:
 
 def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
     from vilearn.bench.data import resolve_vae_path
+    from vilearn.flow.normalize import LatentStats
     from vilearn.train.config import TrainConfig
+    from vilearn.vae.encode import latents_dir
 
+    stats = latents_dir(out / "dataset", bench.data.vae_name, bench.data.tokens) / "stats.json"
+    channels = LatentStats.load(stats).channels  # the DiT predicts the VAE's latents
     data = [f"dataset={out / 'dataset'}", f"vae={resolve_vae_path(bench.data.vae)}",
+            f"model.in_channels={channels}",
             f"vae_name={bench.data.vae_name}",
             f"stages=[{{tokens: {bench.data.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
     config = load_config(TrainConfig, bench.train, [*data, *bench.overrides, *VARIANTS[variant],

@@ -25,9 +25,10 @@ def resolve_vae_path(vae: str) -> Path:
 
 def build_dataset(root: str | Path, source: str, limit: int | None, prepare_config: str,
                   vae_path: str | Path, vae_name: str, tokens: list[int], workers: int = 0,
-                  say: Callable[[str], None] = print):
+                  say: Callable[[str], None] = print, on_shape: Callable[..., None] | None = None):
     """prepare ``source`` into ``root``, encode at ``tokens`` with the VAE, group every view.
 
+    ``on_shape`` is called once per shape by the encoding and again by the grouping pass.
     Returns the loaded VAE (eval mode), for callers that decode afterwards.
     """
     from vilearn.config import load_config
@@ -44,6 +45,6 @@ def build_dataset(root: str | Path, source: str, limit: int | None, prepare_conf
         raise ValueError(f"{source}: no shape could be prepared")
     vae = resolve_vae(vae_path)
     say(f"encode and group at {tokens} tokens with {vae_path}")
-    encode_dataset(root, vae, vae_name, tokens)
-    group_dataset(root, vae, vae_name, tokens)
+    encode_dataset(root, vae, vae_name, tokens, on_shape=on_shape)
+    group_dataset(root, vae, vae_name, tokens, on_shape=on_shape)
     return vae

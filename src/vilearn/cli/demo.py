@@ -13,14 +13,24 @@ from vilearn.cli.app import app, console
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for data, runs and report."),
     shapes: int = typer.Option(300, "--shapes", help="How many random_urdfs assets to prepare."),
-    steps: int = typer.Option(600, "--steps", help="Training steps of each MM-DiT variant."),
+    steps: int = typer.Option(400, "--steps", help="Training steps of each MM-DiT variant."),
     samples: int = typer.Option(8, "--samples", help="Held-out views to generate meshes for."),
     vae: str = typer.Option(None, "--vae", help="A VAE to use instead of the packaged tiny one."),
     workers: int = typer.Option(0, "--workers", "-w", help="Worker processes (0 = all cores)."),
 ) -> None:
     """prepare -> VAE -> encode + group -> train va-rope and none -> generate -> report."""
-    from vilearn.demo import DemoSettings, run_demo
+    from vilearn.cli.progress import progress_bar
+    from vilearn.demo import DemoSettings, Reporter, run_demo
+
+    class Bars(Reporter):
+        def say(self, text: str) -> None:
+            bars.console.print(f"[bold]{text}")
+
+        def track(self, name: str, total: int):
+            task = bars.add_task(name, total=total, failed=0, rate="")
+            return lambda done: bars.update(task, completed=done)
 
     settings = DemoSettings(shapes=shapes, steps=steps, samples=samples, workers=workers, vae=vae)
-    report = run_demo(out, settings, say=lambda text: console.print(f"[bold]{text}"))
+    with progress_bar() as bars:
+        report = run_demo(out, settings, Bars())
     console.print(f"report: {report.resolve() / 'index.md'}")

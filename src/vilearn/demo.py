@@ -104,10 +104,13 @@ def _train(out: Path, dataset: Path, vae_path: Path, variant: str, settings: Dem
     from vilearn.train.checkpoint import latest_checkpoint
     from vilearn.train.config import TrainConfig
     from vilearn.train.trainer import train
+    from vilearn.vae.resolve import resolve_vae
 
     run = out / "runs" / f"dit-{variant}"
+    channels = resolve_vae(vae_path).config.embed_dim  # the DiT's latent width follows the VAE
     config = load_config(TrainConfig, "dit-tiny", [
         f"dataset={dataset}", f"vae={vae_path}", "vae_name=demo-vae", f"model.vape={variant}",
+        f"model.in_channels={channels}",
         f"stages=[{{tokens: {settings.tokens}, steps: {settings.steps}, batch_size: 16}}]",
     ])
     checkpoint = latest_checkpoint(run / "checkpoints")

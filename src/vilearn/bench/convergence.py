@@ -76,9 +76,11 @@ def higher_is_better(metric: str) -> bool:
 def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
     from vilearn.bench.data import resolve_vae_path
     from vilearn.train.config import TrainConfig
+    from vilearn.vae.resolve import resolve_vae
 
-    data = [f"dataset={out / 'dataset'}", f"vae={resolve_vae_path(bench.data.vae)}",
-            f"vae_name={bench.data.vae_name}",
+    vae = resolve_vae_path(bench.data.vae)
+    data = [f"dataset={out / 'dataset'}", f"vae={vae}", f"vae_name={bench.data.vae_name}",
+            f"model.in_channels={resolve_vae(vae).config.embed_dim}",  # the DiT follows the VAE
             f"stages=[{{tokens: {bench.data.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
     config = load_config(TrainConfig, bench.train, [*data, *bench.overrides, *VARIANTS[variant],
                                                     f"train.seed={seed}"])

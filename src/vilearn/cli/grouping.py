@@ -96,7 +96,8 @@ def _report(dataset: Path, model, label: str, counts: list[int], shapes: int, vi
             f"locality N={n} ({report['views']} views of {report['shapes']} shapes): visible fraction of "
             f"VST-only surface {m['vst_visible']:.3f}, IST-only {m['ist_visible']:.3f}, full "
             f"{m['full_visible']:.3f}; anchors VST {m['vst_anchor_visible']:.3f}, IST "
-            f"{m['ist_anchor_visible']:.3f} -> {path}")
+            f"{m['ist_anchor_visible']:.3f}; {len(report['undecodable_views'])} views skipped "
+            f"(no decoded surface) -> {path}")
 
 
 @app.command("show-groups")

@@ -83,9 +83,10 @@ def locality_report(root: str | Path, vae, vae_name: str, num_tokens: int, max_s
                     max_views: int | None = None, resolution: int = 64, samples: int = 4096,
                     on_view: Callable[[ViewLocality], None] | None = None) -> dict:
     """Per-view locality over the grouped shapes (first ``max_shapes``, first ``max_views``
-    views each) and its means; views without visible points are skipped."""
+    views each) and its means; views without visible points are skipped, and so are views
+    whose full latents decode to no surface (listed in ``undecodable_views``)."""
     data = PreparedDataset(root)
-    rows = []
+    rows, undecodable = [], []
     for row in data.rows():
         if max_shapes is not None and len({r.id for r in rows}) >= max_shapes:
             break
@@ -96,8 +97,12 @@ def locality_report(root: str | Path, vae, vae_name: str, num_tokens: int, max_s
             if groups.empty_views[k]:
                 continue
             view = data.view(shape_id, k)
-            fractions = view_locality(vae, latents, groups.visible[k], Camera.from_arrays(view),
-                                      view["depth"], resolution, samples)
+            try:
+                fractions = view_locality(vae, latents, groups.visible[k], Camera.from_arrays(view),
+                                          view["depth"], resolution, samples)
+            except ValueError:  # the full latents decode to no surface: no occluder, no measure
+                undecodable.append(f"{shape_id}/{k}")
+                continue
             record = ViewLocality(shape_id, k, int(groups.visible[k].sum()), **fractions)
             rows.append(record)
             if on_view:
@@ -109,4 +114,5 @@ def locality_report(root: str | Path, vae, vae_name: str, num_tokens: int, max_s
     failed = {k: int(np.isnan([getattr(r, k) for r in rows]).sum()) for k in keys}
     return {"vae": vae_name, "tokens": num_tokens, "views": len(rows),
             "shapes": len({r.id for r in rows}), "resolution": resolution, "means": means,
-            "no_surface": failed, "per_view": [asdict(r) for r in rows]}
+            "no_surface": failed, "undecodable_views": undecodable,
+            "per_view": [asdict(r) for r in rows]}

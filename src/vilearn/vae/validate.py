@@ -10,29 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vilearn.metrics.geometry import Matching, chamfer_l1, fscore, volume_iou
 from vilearn.vae.data import ShapeSampler, load_occupancy, load_surface
 from vilearn.vae.extract import latents_to_mesh
 from vilearn.vae.fps import fps_indices
-
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """IoU of two boolean inside sets; 1.0 when both are empty."""
-    union = np.logical_or(pred, truth).sum()
-    return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
-
-
-def chamfer_fscore(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[float, float]:
-    """Symmetric Chamfer-L1 (mean of the two mean nearest distances) and F-score at threshold.
-
-    a (A, 3), b (B, 3) point sets.
-    """
-    from scipy.spatial import cKDTree
-
-    d_ab = cKDTree(b).query(a)[0]
-    d_ba = cKDTree(a).query(b)[0]
-    precision, recall = (d_ab < threshold).mean(), (d_ba < threshold).mean()
-    fscore = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return float(0.5 * (d_ab.mean() + d_ba.mean())), float(fscore)
 
 
 @torch.no_grad()
@@ -82,13 +63,13 @@ def validate(vae, sampler: ShapeSampler, num_shapes: int, num_tokens: int, resol
         for kind in ("uniform", "near"):
             seed = None if posterior == "mean" else index
             values, latents = predict(vae, encoder_input, occ[f"{kind}_points"], num_tokens, seed)
-            row[f"iou_{kind}"] = iou(values > 0, occ[f"{kind}_labels"])
+            row[f"iou_{kind}"] = volume_iou(values > 0, occ[f"{kind}_labels"])
         try:
             mesh, _ = latents_to_mesh(vae, latents, "hierarchical", resolution,
                                       coarse_resolution=max(8, resolution // 4))
             samples = trimesh.Trimesh(mesh.verts, mesh.faces).sample(mesh_points, seed=index)
-            row["chamfer"], row["fscore"] = chamfer_fscore(np.asarray(samples), surface[:, :3],
-                                                           fscore_threshold)
+            matching = Matching.of(np.asarray(samples), surface[:, :3])
+            row["chamfer"], row["fscore"] = chamfer_l1(matching), fscore(matching, fscore_threshold)
         except ValueError:  # no surface crosses the level: the worst score, not a crash
             samples = np.zeros((0, 3))
             row["chamfer"], row["fscore"] = float("nan"), 0.0

@@ -51,7 +51,7 @@ def test_evaluate_end_to_end_on_a_tiny_run(encoded, tmp_path):
     from vilearn.train.trainer import train
 
     config = load_config(TrainConfig, "dit-tiny", [
-        f"dataset={encoded / 'data'}", f"vae={encoded / 'vae'}", "vae_name=vae",
+        f"dataset={encoded / 'data'}", f"vae={encoded / 'vae'}", "vae_name=vae", "model.in_channels=8",
         "stages=[{tokens: 32, steps: 2, batch_size: 2}]", "val.every=0",
         "conditioner={kind: patch, image_size: 32, patch_size: 16, width: 64, depth: 1, num_heads: 4}",
     ])

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 VARIANTS = ("va-rope", "none")
 
 
@@ -156,8 +154,9 @@ def _report(out: Path, dataset: Path, vae, runs: dict[str, Path], settings: Demo
     import matplotlib.pyplot as plt
 
     from vilearn.data.dataset import PreparedDataset
-    from vilearn.data.preview import opposite_camera, render_mesh, write_grid
+    from vilearn.data.preview import both_sides, opposite_camera, render_mesh, write_grid
     from vilearn.flow.pipeline import generate_latents
+    from vilearn.train.data import condition_image
     from vilearn.train.loading import load_trained
     from vilearn.train.validation import generated_mesh
     from vilearn.vae.surface import export_mesh
@@ -187,22 +186,16 @@ def _report(out: Path, dataset: Path, vae, runs: dict[str, Path], settings: Demo
     rows = []
     for done, (shape_id, view) in enumerate(held_out, 1):
         camera = data.camera(shape_id, view)
-        image = data.image(shape_id, view)
-        with np.load(data.layout.view(shape_id, view)) as arrays:
-            mask = arrays["mask"]
-        from vilearn.dit.preprocess import prepare_condition_image
-
-        row = [image]
+        row = [data.image(shape_id, view)]
         for variant, model in trained.items():
-            prepared = prepare_condition_image(image, size=model.model.conditioner.image_size, mask=mask)
+            prepared = condition_image(data, shape_id, view, model.model.conditioner.image_size)
             latents = generate_latents(model.model.dit, model.model.conditioner, [prepared],
                                        n_tokens=settings.tokens, steps=25, cfg_scale=3.0, seed=0,
                                        stats=model.stats[settings.tokens])
             mesh = generated_mesh(vae, latents[0], resolution=128)
             if len(mesh.faces):
                 export_mesh(mesh, report / "meshes" / f"{shape_id}-{view}-{variant}.glb")
-            row.append(render_mesh(mesh.verts, mesh.faces, camera))
-            row.append(render_mesh(mesh.verts, mesh.faces, opposite_camera(camera)))
+            row.extend(both_sides(mesh.verts, mesh.faces, camera))
         truth = data.mesh(shape_id)
         row.append(render_mesh(truth["vertices"], truth["faces"], opposite_camera(camera),
                                truth["face_colors"]))

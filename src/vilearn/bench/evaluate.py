@@ -68,8 +68,8 @@ class EvalResult:
 def evaluate_model(trained, vae, settings: EvalSettings, tokens: int | None = None,
                    on_item: Callable[[], None] | None = None) -> EvalResult:
     """Generate and score ``settings.n`` held-out views for each seed with a ``TrainedModel``."""
-    from vilearn.dit.preprocess import prepare_condition_image
     from vilearn.flow.pipeline import generate_latents
+    from vilearn.train.data import condition_image
     from vilearn.train.validation import generated_mesh
 
     data = PreparedDataset(trained.config.dataset)
@@ -82,12 +82,8 @@ def evaluate_model(trained, vae, settings: EvalSettings, tokens: int | None = No
     for seed in settings.seeds:
         for start in range(0, len(pairs), settings.batch):
             chunk = pairs[start:start + settings.batch]
-            images = []
-            for shape_id, view in chunk:
-                with np.load(data.layout.view(shape_id, view)) as arrays:
-                    mask = arrays["mask"]
-                images.append(prepare_condition_image(data.image(shape_id, view),
-                                                      size=conditioner.image_size, mask=mask))
+            images = [condition_image(data, shape_id, view, conditioner.image_size)
+                      for shape_id, view in chunk]
             latents = generate_latents(trained.model.dit, conditioner, images, n_tokens=tokens,
                                        steps=settings.steps, cfg_scale=settings.cfg_scale,
                                        seed=seed + start, stats=trained.stats[tokens])
@@ -181,7 +177,7 @@ def write_report(out: str | Path, results: dict[str, EvalResult], title: str, co
 def cases_png(path: Path, result: EvalResult, dataset: str | Path, count: int = 4) -> Path:
     """The ``count`` worst and best samples by ``RANK_KEY``: condition image, the generation
     from the condition view and from the opposite side, the ground truth from the opposite side."""
-    from vilearn.data.preview import opposite_camera, render_mesh, write_grid
+    from vilearn.data.preview import both_sides, opposite_camera, render_mesh, write_grid
 
     data = PreparedDataset(dataset)
     ranked = sorted(result.rows, key=lambda r: r.get(RANK_KEY, -1.0))
@@ -189,11 +185,11 @@ def cases_png(path: Path, result: EvalResult, dataset: str | Path, count: int = 
     rows = []
     for row in chosen:
         shape_id, view = row["id"], row["view"]
-        camera, other = data.camera(shape_id, view), opposite_camera(data.camera(shape_id, view))
+        camera = data.camera(shape_id, view)
         mesh = result.meshes[(shape_id, view, row["seed"])]
         truth = data.mesh(shape_id)
-        rows.append([data.image(shape_id, view), render_mesh(mesh.verts, mesh.faces, camera),
-                     render_mesh(mesh.verts, mesh.faces, other),
-                     render_mesh(truth["vertices"], truth["faces"], other, truth["face_colors"])])
+        rows.append([data.image(shape_id, view), *both_sides(mesh.verts, mesh.faces, camera),
+                     render_mesh(truth["vertices"], truth["faces"], opposite_camera(camera),
+                                 truth["face_colors"])])
     titles = ["condition", "generated (view)", "generated (opposite)", "truth (opposite)"]
     return write_grid(path, rows, titles)

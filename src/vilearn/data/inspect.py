@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from vilearn.data.camera import Camera
 from vilearn.data.dataset import PreparedDataset
+from vilearn.data.prepare import reason_kind
 from vilearn.io import write_png
 
 
@@ -45,7 +46,7 @@ def dataset_stats(data: PreparedDataset) -> DatasetStats:
         stats.shapes += 1
         if row["status"] != "ok":
             stats.failed += 1
-            reasons[row["reason"].split(":")[0].split(" (")[0]] += 1
+            reasons[reason_kind(row["reason"])] += 1
             continue
         stats.ok += 1
         splits[row["split"]] += 1

@@ -324,13 +324,18 @@ def prepare_dataset(
     return summary
 
 
+def reason_kind(reason: str) -> str:
+    """The kind of a failure, for counting: "flat mesh: zero thickness ..." -> "flat mesh"."""
+    return reason.split(":")[0].split(" (")[0]
+
+
 def _count(summary: PrepareSummary, result: JobResult, progress) -> None:
     record = result.record
     if record["status"] == "ok":
         summary.ok += 1
     else:
         summary.failed += 1
-        key = record["reason"].split(":")[0].split(" (")[0]  # "flat mesh: ..." -> "flat mesh"
+        key = reason_kind(record["reason"])
         summary.reasons[key] = summary.reasons.get(key, 0) + 1
     for stage, seconds in result.timings.items():
         summary.timings[stage] = summary.timings.get(stage, 0.0) + seconds

@@ -30,6 +30,13 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, camera: Camera,
     return raycaster.render(camera).rgb
 
 
+def both_sides(vertices: np.ndarray, faces: np.ndarray, camera: Camera,
+               face_rgb: np.ndarray | None = None) -> list[np.ndarray]:
+    """The mesh seen by ``camera`` and from the opposite side: two (H, W, 3) uint8 images."""
+    return [render_mesh(vertices, faces, camera, face_rgb),
+            render_mesh(vertices, faces, opposite_camera(camera), face_rgb)]
+
+
 def write_grid(path: str | Path, rows: list[list[np.ndarray]], titles: list[str] | None = None,
                tile: int = 160) -> Path:
     """Rows of (H, W, 3) uint8 images as one PNG of ``tile``-pixel cells, titles on top."""

@@ -29,6 +29,14 @@ from vilearn.train.runtime import step_seed
 from vilearn.vae.encode import latents_dir
 
 
+def condition_image(data: PreparedDataset, shape_id: str, view: int, size: int) -> torch.Tensor:
+    """A stored view's image as the conditioner sees it (cropped with its mask, padded, resized):
+    (3, size, size) float32 in [0, 1]. Training, evaluation and the demo all go through here."""
+    with np.load(data.layout.view(shape_id, view)) as arrays:
+        mask = arrays["mask"]
+    return prepare_condition_image(data.image(shape_id, view), size=size, mask=mask)
+
+
 class LatentViewDataset(Dataset):
     """Shapes of ``split`` that have latents at ``tokens`` and a grouping with a non-empty view.
 
@@ -105,10 +113,7 @@ class LatentViewDataset(Dataset):
                 **condition, "id": shape_id, "view": int(view)}
 
     def condition_image(self, shape_id: str, view: int) -> torch.Tensor:
-        """The view's image as the conditioner sees it: (3, S, S) float32 in [0, 1]."""
-        with np.load(self.data.layout.view(shape_id, view)) as arrays:
-            mask = arrays["mask"]
-        return prepare_condition_image(self.data.image(shape_id, view), size=self.image_size, mask=mask)
+        return condition_image(self.data, shape_id, view, self.image_size)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key

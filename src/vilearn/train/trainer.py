@@ -337,7 +337,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 accelerator.wait_for_everyone()
                 if main:
                     save_state(out, step, accelerator.unwrap_model(model), optimizer, ema, config)
-            if main and validator.due(step, stop):
+            if main and validator.due(step):
                 last["val"] = validator.run(step, accelerator.unwrap_model(model), ema, logger, writer)
                 if on_log:
                     on_log(last["val"])

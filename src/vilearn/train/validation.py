@@ -48,10 +48,13 @@ class Validator:
         self._sets: dict[int, list[dict]] = {}
         self._vae = None
 
-    def due(self, step: int, stop: int) -> bool:
+    def _at(self, every: int, step: int) -> bool:
+        """Every ``every`` steps and at the end of the schedule (never when ``every`` is 0)."""
+        return bool(every) and (step % every == 0 or step == self.config.total_steps)
+
+    def due(self, step: int) -> bool:
         v = self.config.val
-        return bool((v.every and (step % v.every == 0 or step == stop))
-                    or (v.sample_every and (step % v.sample_every == 0 or step == stop)))
+        return self._at(v.every, step) or self._at(v.sample_every, step)
 
     def held_out(self, tokens: int, image_size: int) -> list[dict]:
         """The fixed validation items at ``tokens`` tokens (cached); each has its ``image``, and
@@ -98,12 +101,12 @@ class Validator:
         model.eval()
         v = self.config.val
         with ema_weights(model, ema):
-            if v.every and (step % v.every == 0 or step == self.config.total_steps):
+            if self._at(v.every, step):
                 stats = self.stats[tokens]
                 record["loss"] = self.flow_loss(model, items, stats, fixed_partition=False)
                 if model.dit.config.vape in ("va-rope", "va-lpe"):
                     record["loss_fixed"] = self.flow_loss(model, items, stats, fixed_partition=True)
-            if v.sample_every and (step % v.sample_every == 0 or step == self.config.total_steps):
+            if self._at(v.sample_every, step):
                 record["samples"] = str(self.sample_grid(step, model, items[: v.sample_count], tokens))
         model.train(was_training)
         logger.log(record)
@@ -157,14 +160,12 @@ def mesh_panels(vae, latents: torch.Tensor, item: dict, dataset: str | Path, res
     """[condition image, generated from the condition view, generated from the opposite side,
     ground truth from the opposite side], each (H, W, 3) uint8."""
     from vilearn.data.dataset import PreparedDataset
-    from vilearn.data.preview import opposite_camera, render_mesh
+    from vilearn.data.preview import both_sides, opposite_camera, render_mesh
 
     data = PreparedDataset(dataset)
     camera = data.camera(item["id"], item["view"])
-    other = opposite_camera(camera)
     mesh = generated_mesh(vae, latents, resolution)
     truth = data.mesh(item["id"])
     condition = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return [condition, render_mesh(mesh.verts, mesh.faces, camera),
-            render_mesh(mesh.verts, mesh.faces, other),
-            render_mesh(truth["vertices"], truth["faces"], other, truth["face_colors"])]
+    return [condition, *both_sides(mesh.verts, mesh.faces, camera),
+            render_mesh(truth["vertices"], truth["faces"], opposite_camera(camera), truth["face_colors"])]

@@ -175,3 +175,24 @@ def test_packaged_train_configs_are_valid(name):
     if name.startswith("paper"):
         assert config.optim.lr == 1e-4 and config.train.precision == "bf16"
         assert tokens[:3] == [256, 1024, 2048] and config.dit.in_channels == 64
+
+
+def test_ema_averages_and_follows_the_model_to_its_device():
+    from torch import nn
+
+    from vilearn.train.ema import EMA
+
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, step=100)  # decay = min(0.5, 101 / 110) = 0.5
+    assert ema.state_dict()["weight"].item() == 0.5
+    ema.update(model, step=0)  # warm-up: decay = min(0.5, 1 / 10) = 0.1
+    assert abs(ema.state_dict()["weight"].item() - 0.95) < 1e-7
+    # accelerate moves the model after the EMA was built (CPU -> CUDA); 'meta' stands in here
+    model.to("meta")
+    ema.update(model, step=100)
+    assert ema.shadow["weight"].device.type == "meta"
+    assert ema.averaged(model)["weight"].device.type == "meta"

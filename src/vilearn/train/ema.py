@@ -29,10 +29,12 @@ class EMA:
         decay = self.current_decay(step)
         for key, value in model.state_dict().items():
             if key in self.shadow:
+                if self.shadow[key].device != value.device:  # the model moved (accelerate.prepare)
+                    self.shadow[key] = self.shadow[key].to(value.device)
                 self.shadow[key].lerp_(value.detach().float(), 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.shadow)
+        return {k: v.cpu() for k, v in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self.shadow) - set(state)
@@ -44,5 +46,5 @@ class EMA:
 
     def averaged(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The model's state dict with the EMA values in place (other entries as they are)."""
-        return {k: self.shadow[k].to(v.dtype) if k in self.shadow else v
+        return {k: self.shadow[k].to(device=v.device, dtype=v.dtype) if k in self.shadow else v
                 for k, v in model.state_dict().items()}

@@ -103,3 +103,12 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     run_benchmark(bench, tmp_path / "out", say=lambda text: None)
     again = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert len(again) == len(records)
+    # the inference partition follows the visible-token fraction measured on the stored groups
+    from vilearn.bench.convergence import train_config
+
+    groups = sorted((tmp_path / "out" / "dataset").glob("latents/*/32/groups/*.npz"))
+    visible = np.concatenate([np.load(g)["visible"] for g in groups])  # (views, 32) bool
+    nonempty = visible.any(axis=1)
+    expected = visible[nonempty].mean()
+    ratio = train_config(bench, tmp_path / "out", "none", 0).model["visible_ratio"]
+    assert abs(ratio - expected) < 1e-9 and abs(ratio - 1 / 3) > 1e-3

@@ -120,14 +120,17 @@ def _vae(out: Path, dataset: Path, settings: DemoSettings, say: Callable[[str], 
 def _train(out: Path, dataset: Path, vae_path: Path, channels: int, variant: str,
            settings: DemoSettings, reporter: Reporter) -> Path:
     from vilearn.config import load_config
+    from vilearn.grouping import measured_visible_ratio
     from vilearn.train.checkpoint import latest_checkpoint
     from vilearn.train.config import TrainConfig
     from vilearn.train.trainer import train
 
     run = out / "runs" / f"dit-{variant}"
+    ratio = measured_visible_ratio(dataset, "demo-vae", settings.tokens)
     config = load_config(TrainConfig, "dit-tiny", [
         f"dataset={dataset}", f"vae={vae_path}", "vae_name=demo-vae", f"model.vape={variant}",
         f"model.in_channels={channels}",  # the DiT predicts the VAE's latents
+        f"model.visible_ratio={ratio}",  # the inference partition follows our measured fraction
         "train.workers=1",  # one process loads and prepares images while the other core trains
         f"stages=[{{tokens: {settings.tokens}, steps: {settings.steps}, batch_size: 16}}]",
     ])

@@ -41,6 +41,9 @@ class BenchData:
     vae: str = "packaged"  # 'packaged' (the committed tiny VAE) or a VAE path
     vae_name: str = "bench-vae"
     tokens: int = 64
+    # r of the inference partition (first ceil(N r) tokens visible); None = the dataset's measured
+    # mean visible-token fraction, which at few tokens is well above the paper's 1/3
+    visible_ratio: float | None = None
 
 
 @dataclass
@@ -76,15 +79,20 @@ def higher_is_better(metric: str) -> bool:
 def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
     from vilearn.bench.data import resolve_vae_path
     from vilearn.flow.normalize import LatentStats
+    from vilearn.grouping import measured_visible_ratio
     from vilearn.train.config import TrainConfig
     from vilearn.vae.encode import latents_dir
 
-    stats = latents_dir(out / "dataset", bench.data.vae_name, bench.data.tokens) / "stats.json"
+    d = bench.data
+    stats = latents_dir(out / "dataset", d.vae_name, d.tokens) / "stats.json"
     channels = LatentStats.load(stats).channels  # the DiT predicts the VAE's latents
-    data = [f"dataset={out / 'dataset'}", f"vae={resolve_vae_path(bench.data.vae)}",
-            f"model.in_channels={channels}",
-            f"vae_name={bench.data.vae_name}",
-            f"stages=[{{tokens: {bench.data.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
+    ratio = d.visible_ratio
+    if ratio is None:
+        ratio = measured_visible_ratio(out / "dataset", d.vae_name, d.tokens)
+    data = [f"dataset={out / 'dataset'}", f"vae={resolve_vae_path(d.vae)}",
+            f"model.in_channels={channels}", f"model.visible_ratio={ratio}",
+            f"vae_name={d.vae_name}",
+            f"stages=[{{tokens: {d.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
     config = load_config(TrainConfig, bench.train, [*data, *bench.overrides, *VARIANTS[variant],
                                                     f"train.seed={seed}"])
     return config
@@ -178,6 +186,19 @@ def flow_loss_curves(out: Path, bench: BenchConfig) -> dict[str, dict[str, list]
     return result
 
 
+def values_table(records: list[dict], bench: BenchConfig) -> list[str]:
+    """Markdown: every metric's seed mean (+- std over seeds) per variant and checkpoint."""
+    steps = sorted({r["step"] for r in records})
+    lines = ["## Values (mean +- std over seeds)", "",
+             "| metric | variant | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "|---|---|" + "---|" * len(steps)]
+    for metric in bench.metrics:
+        for variant, (v_steps, mean, spread) in curves(records, metric).items():
+            cells = {int(s): f"{m:.4g} +- {e:.2g}" for s, m, e in zip(v_steps, mean, spread)}
+            lines.append(f"| {metric} | {variant} | " + " | ".join(cells.get(s, "-") for s in steps) + " |")
+    return lines + [""]
+
+
 def write_report(out: Path, bench: BenchConfig) -> Path:
     import matplotlib
 
@@ -193,6 +214,15 @@ def write_report(out: Path, bench: BenchConfig) -> Path:
              f"Variants {', '.join(bench.variants)}; seeds {bench.seeds}; evaluated every "
              f"{bench.eval_every} steps on {bench.eval.n} held-out views (meshes generated as at "
              "inference: fixed partition, no ground-truth visibility).", ""]
+    if bench.data.visible_ratio is None:
+        from vilearn.grouping import measured_visible_ratio
+
+        ratio = measured_visible_ratio(out / "dataset", bench.data.vae_name, bench.data.tokens)
+        lines += [f"Inference partition: the first {ratio:.3f} of the tokens (the dataset's measured "
+                  f"visible-token fraction at {bench.data.tokens} tokens).", ""]
+    else:
+        lines += [f"Inference partition: the first {bench.data.visible_ratio:.3f} of the tokens.", ""]
+    lines += values_table(records, bench)
     speed_rows = []
     for metric in bench.metrics:
         data = curves(records, metric)
@@ -249,7 +279,12 @@ def write_report(out: Path, bench: BenchConfig) -> Path:
         plt.close(figure)
         lines += ["", "## Held-out flow loss", "",
                   "Dashed: with the true VST, information the baseline does not have; not the speed-up.",
-                  "", "![flow loss](curve-flow-loss.png)"]
+                  "", "![flow loss](curve-flow-loss.png)", "",
+                  "| variant | step | loss, fixed partition | loss, true VST |", "|---|---|---|---|"]
+        for variant, curve in losses.items():
+            if curve["step"]:
+                lines.append(f"| {variant} | {curve['step'][-1]} | {curve['loss_fixed'][-1]:.4f} | "
+                             f"{curve['loss'][-1]:.4f} |")
     path = out / "convergence.md"
     write_text(path, "\n".join(lines) + "\n")
     return path

@@ -26,14 +26,18 @@ def resolve_vae_path(vae: str) -> Path:
 def build_dataset(root: str | Path, source: str, limit: int | None, prepare_config: str,
                   vae_path: str | Path, vae_name: str, tokens: list[int], workers: int = 0,
                   say: Callable[[str], None] = print, on_shape: Callable[..., None] | None = None):
-    """prepare ``source`` into ``root``, encode at ``tokens`` with the VAE, group every view.
+    """prepare ``source`` into ``root``, encode at ``tokens`` with the VAE, group every view and
+    write the grouping statistics (whose mean visible fraction sets the inference partition).
 
     ``on_shape`` is called once per shape by the encoding and again by the grouping pass.
     Returns the loaded VAE (eval mode), for callers that decode afterwards.
     """
     from vilearn.config import load_config
+    from vilearn.data.dataset import PreparedDataset
     from vilearn.data.prepare import PrepareConfig, prepare_dataset
     from vilearn.grouping.run import group_dataset
+    from vilearn.grouping.stats import write_stats
+    from vilearn.grouping.store import groups_dir
     from vilearn.vae.encode import encode_dataset
     from vilearn.vae.resolve import resolve_vae
 
@@ -47,4 +51,7 @@ def build_dataset(root: str | Path, source: str, limit: int | None, prepare_conf
     say(f"encode and group at {tokens} tokens with {vae_path}")
     encode_dataset(root, vae, vae_name, tokens, on_shape=on_shape)
     group_dataset(root, vae, vae_name, tokens, on_shape=on_shape)
+    ids = PreparedDataset(root).ids()
+    for n in tokens:
+        write_stats(groups_dir(root, vae_name, n), ids)
     return vae

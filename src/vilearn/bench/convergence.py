@@ -100,7 +100,7 @@ def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
 
 def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None] = print) -> Path:
     """Train, evaluate and report; returns the report's path (OUT/convergence.md)."""
-    from vilearn.bench.data import build_dataset, resolve_vae_path
+    from vilearn.bench.data import build_dataset, default_device, resolve_vae_path
     from vilearn.bench.evaluate import evaluate_model, reference_scores
     from vilearn.train.checkpoint import latest_checkpoint
     from vilearn.train.loading import load_trained
@@ -110,7 +110,7 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
     out.mkdir(parents=True, exist_ok=True)
     d = bench.data
     vae = build_dataset(out / "dataset", d.source, d.limit, d.prepare, resolve_vae_path(d.vae),
-                        d.vae_name, [d.tokens], say=say)
+                        d.vae_name, [d.tokens], say=say, device=default_device())
     results_path = out / "results.jsonl"
     done = {(r["variant"], r["seed"], r["step"]) for r in _read(results_path)}
     for step in range(bench.eval_every, bench.steps + 1, bench.eval_every):
@@ -123,7 +123,7 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
                 checkpoint = latest_checkpoint(run / "checkpoints")
                 say(f"step {step}: {variant} seed {seed}")
                 train(config, run, resume="latest" if checkpoint else None, max_steps=step)
-                trained = load_trained(run)
+                trained = load_trained(run, device=default_device())
                 if trained.step != step:
                     raise RuntimeError(f"{run}: expected a checkpoint at step {step}, got {trained.step}")
                 result = evaluate_model(trained, vae, bench.eval)

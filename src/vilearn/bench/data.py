@@ -23,9 +23,17 @@ def resolve_vae_path(vae: str) -> Path:
     return PACKAGED_VAE
 
 
+def default_device() -> str:
+    """Where evaluation and the benchmark run the VAE and the MM-DiT: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build_dataset(root: str | Path, source: str, limit: int | None, prepare_config: str,
                   vae_path: str | Path, vae_name: str, tokens: list[int], workers: int = 0,
-                  say: Callable[[str], None] = print, on_shape: Callable[..., None] | None = None):
+                  say: Callable[[str], None] = print, on_shape: Callable[..., None] | None = None,
+                  device: str = "cpu"):
     """prepare ``source`` into ``root``, encode at ``tokens`` with the VAE, group every view and
     write the grouping statistics (whose mean visible fraction sets the inference partition).
 
@@ -47,7 +55,7 @@ def build_dataset(root: str | Path, source: str, limit: int | None, prepare_conf
                               workers=workers or os.cpu_count() or 1, limit=limit)
     if summary.ok == 0:
         raise ValueError(f"{source}: no shape could be prepared")
-    vae = resolve_vae(vae_path)
+    vae = resolve_vae(vae_path, device=device)
     say(f"encode and group at {tokens} tokens with {vae_path}")
     encode_dataset(root, vae, vae_name, tokens, on_shape=on_shape)
     group_dataset(root, vae, vae_name, tokens, on_shape=on_shape)

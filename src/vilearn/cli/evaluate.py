@@ -31,11 +31,13 @@ def evaluate_command(
     references: bool = typer.Option(True, "--references/--no-references",
                                     help="Also score the VAE ceiling and the chance level."),
     out: Path = typer.Option(None, "--out", "-o", help="Report folder [RUN/eval/step-N]."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda [cuda when there is one]."),
 ) -> None:
     """Generate for held-out views with fixed seeds, compute every metric, write JSON + Markdown
     (means with 95% intervals) and a PNG of the best and worst cases."""
     import sys
 
+    from vilearn.bench.data import default_device
     from vilearn.bench.evaluate import EvalSettings, evaluate_model, reference_scores, write_report
     from vilearn.cli.progress import progress_bar
     from vilearn.train.checkpoint import step_name
@@ -46,8 +48,8 @@ def evaluate_command(
     settings = EvalSettings(split=split, n=n, seeds=parse_ints(seeds, "--seeds"), steps=steps,
                             cfg_scale=cfg_scale, resolution=resolution)
     try:
-        trained = load_trained(run)
-        vae = resolve_vae(trained.config.vae)
+        trained = load_trained(run, device=device or default_device())
+        vae = resolve_vae(trained.config.vae, device=device or default_device())
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from error
     out = out or Path(run) / "eval" / step_name(trained.step)

@@ -23,9 +23,11 @@ def capture_rng_state() -> dict[str, torch.Tensor]:
 
 def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["torch"])
-    cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda."))]
+    cuda = sorted((int(k.split(".")[1]), v) for k, v in state.items() if k.startswith("cuda."))
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        # a run resumed on fewer GPUs than it was saved from restores those it has
+        for index, value in cuda[:torch.cuda.device_count()]:
+            torch.cuda.set_rng_state(value, index)
     kind, keys, *rest = _from_json_tensor(state["numpy"])
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))  # noqa: NPY002
     random.setstate(_tuplify(_from_json_tensor(state["python"])))

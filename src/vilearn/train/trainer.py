@@ -172,7 +172,7 @@ def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], 
         losses.append(result.loss.detach())
         per_sample.append(result.per_sample)
         times.append(result.t.to(result.per_sample.device))
-    ema.update(accelerator.unwrap_model(model), step)
+    ema.update(bare_model(accelerator, model), step)
     per_sample = accelerator.gather(torch.cat(per_sample)).float().cpu()
     times = accelerator.gather(torch.cat(times)).float().cpu()
     record = {"loss": float(per_sample.mean()), "lr": o.lr * factor, "grad_norm": float(grad_norm)}
@@ -182,6 +182,12 @@ def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], 
         if inside.any():
             record[f"loss_t{low:.2f}-{high:.2f}"] = float(per_sample[inside].mean())
     return record
+
+
+def bare_model(accelerator, model) -> Denoiser:
+    """The Denoiser behind DDP and torch.compile wrappers (compile's prefixes every state key)."""
+    model = accelerator.unwrap_model(model)
+    return getattr(model, "_orig_mod", model)
 
 
 def save_state(out: Path, step: int, model: Denoiser, optimizer, ema: EMA, config: TrainConfig) -> Path:
@@ -336,9 +342,9 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
             if step % t.ckpt_every == 0 or step == stop or interrupted:
                 accelerator.wait_for_everyone()
                 if main:
-                    save_state(out, step, accelerator.unwrap_model(model), optimizer, ema, config)
+                    save_state(out, step, bare_model(accelerator, model), optimizer, ema, config)
             if main and validator.due(step):
-                last["val"] = validator.run(step, accelerator.unwrap_model(model), ema, logger, writer)
+                last["val"] = validator.run(step, bare_model(accelerator, model), ema, logger, writer)
                 if on_log:
                     on_log(last["val"])
             if interrupted:

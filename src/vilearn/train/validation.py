@@ -115,11 +115,12 @@ class Validator:
                 writer.add_scalar(f"val/{key}", record[key], step)
         return record
 
-    def vae(self):
+    def vae(self, device: torch.device):
+        """The run's VAE, on the model's device (sample meshes are decoded there)."""
         if self._vae is None:
             from vilearn.vae.resolve import resolve_vae
 
-            self._vae = resolve_vae(self.config.vae)
+            self._vae = resolve_vae(self.config.vae, device=device)
         return self._vae
 
     @torch.no_grad()
@@ -133,7 +134,7 @@ class Validator:
                                    seed=v.seed, stats=self.stats[tokens])
         rows = []
         for item, latent in zip(items, latents):
-            rows.append(mesh_panels(self.vae(), latent, item, self.config.dataset, v.resolution))
+            rows.append(mesh_panels(self.vae(latent.device), latent, item, self.config.dataset, v.resolution))
         path = self.out / "val" / f"{step_name(step)}.png"
         write_grid(path, rows, ["condition", "generated (condition view)", "generated (opposite)",
                                 "ground truth (opposite)"])

@@ -76,21 +76,28 @@ def higher_is_better(metric: str) -> bool:
     return not metric.split("/")[-1].startswith(LOWER_IS_BETTER)
 
 
+def partition_ratio(bench: BenchConfig, out: Path) -> float:
+    """r of the inference partition: the config's, or the benchmark dataset's measured mean
+    visible-token fraction."""
+    from vilearn.grouping import measured_visible_ratio
+
+    d = bench.data
+    if d.visible_ratio is not None:
+        return d.visible_ratio
+    return measured_visible_ratio(out / "dataset", d.vae_name, d.tokens)
+
+
 def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
     from vilearn.bench.data import resolve_vae_path
     from vilearn.flow.normalize import LatentStats
-    from vilearn.grouping import measured_visible_ratio
     from vilearn.train.config import TrainConfig
     from vilearn.vae.encode import latents_dir
 
     d = bench.data
     stats = latents_dir(out / "dataset", d.vae_name, d.tokens) / "stats.json"
     channels = LatentStats.load(stats).channels  # the DiT predicts the VAE's latents
-    ratio = d.visible_ratio
-    if ratio is None:
-        ratio = measured_visible_ratio(out / "dataset", d.vae_name, d.tokens)
     data = [f"dataset={out / 'dataset'}", f"vae={resolve_vae_path(d.vae)}",
-            f"model.in_channels={channels}", f"model.visible_ratio={ratio}",
+            f"model.in_channels={channels}", f"model.visible_ratio={partition_ratio(bench, out)}",
             f"vae_name={d.vae_name}",
             f"stages=[{{tokens: {d.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
     config = load_config(TrainConfig, bench.train, [*data, *bench.overrides, *VARIANTS[variant],
@@ -214,14 +221,10 @@ def write_report(out: Path, bench: BenchConfig) -> Path:
              f"Variants {', '.join(bench.variants)}; seeds {bench.seeds}; evaluated every "
              f"{bench.eval_every} steps on {bench.eval.n} held-out views (meshes generated as at "
              "inference: fixed partition, no ground-truth visibility).", ""]
-    if bench.data.visible_ratio is None:
-        from vilearn.grouping import measured_visible_ratio
-
-        ratio = measured_visible_ratio(out / "dataset", bench.data.vae_name, bench.data.tokens)
-        lines += [f"Inference partition: the first {ratio:.3f} of the tokens (the dataset's measured "
-                  f"visible-token fraction at {bench.data.tokens} tokens).", ""]
-    else:
-        lines += [f"Inference partition: the first {bench.data.visible_ratio:.3f} of the tokens.", ""]
+    source = ("set in the config" if bench.data.visible_ratio is not None else
+              f"the dataset's measured visible-token fraction at {bench.data.tokens} tokens")
+    lines += [f"Inference partition: the first {partition_ratio(bench, out):.3f} of the tokens "
+              f"({source}).", ""]
     lines += values_table(records, bench)
     speed_rows = []
     for metric in bench.metrics:

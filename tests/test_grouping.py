@@ -447,3 +447,16 @@ def test_cli_group_report_and_show_groups(encoded, tmp_path):
     assert bad.exit_code == 2 and "--view 9" in bad.output
     bad = runner.invoke(app, ["group", str(root), "--vae", vae, "--tokens", "sixteen"])
     assert bad.exit_code == 2 and "--tokens" in bad.output
+
+
+def test_shape_ticker_counts_steps_fresh_work_and_failures():
+    from vilearn.cli.progress import ShapeTicker, progress_bar
+
+    with progress_bar() as bar:
+        task = bar.add_task("group", total=4, failed=0, rate="")
+        tick = ShapeTicker(bar, task, fresh="grouped")
+        for outcome in ("grouped", "kept", "failed", "grouped"):
+            tick(outcome)
+        state = bar.tasks[0]
+    assert state.completed == 4 and state.fields["failed"] == 1
+    assert (tick.fresh, tick.failed) == (2, 1) and state.fields["rate"].endswith("shapes/s")

@@ -62,9 +62,8 @@ def cache_features_command(
 ) -> None:
     """Run the frozen image encoder once over every usable view and store its tokens in
     DATASET/features/<name>/<id>.safetensors for training with conditioner.cached; resumable."""
-    import time
 
-    from vilearn.cli.progress import progress_bar, rate_text
+    from vilearn.cli.progress import ShapeTicker, progress_bar
     from vilearn.data.dataset import PreparedDataset
     from vilearn.dit.conditioner import build_conditioner
     from vilearn.train.features import cache_features, features_dir
@@ -78,19 +77,12 @@ def cache_features_command(
         frozen = build_conditioner(config).to(device)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise fail(str(error)) from error
-    start, fresh, failed = time.perf_counter(), 0, 0
-
-    def advance(shape_id: str, outcome: str) -> None:
-        nonlocal fresh, failed
-        fresh += outcome == "cached"
-        failed += outcome == "failed"
-        bar.update(task, advance=1, failed=failed,
-                   rate=rate_text(fresh, time.perf_counter() - start, "shapes"))
-
     with progress_bar() as bar:
-        task = bar.add_task(f"cache-features ({config.model})", total=shapes, failed=0, rate="")
+        tick = ShapeTicker(bar, bar.add_task(f"cache-features ({config.model})", total=shapes, failed=0,
+                                             rate=""), fresh="cached")
         try:
-            name, summary = cache_features(dataset, frozen, batch=batch, dtype=dtype, on_shape=advance)
+            name, summary = cache_features(dataset, frozen, batch=batch, dtype=dtype,
+                                           on_shape=lambda shape_id, outcome: tick(outcome))
         except (FileNotFoundError, ValueError) as error:
             raise fail(str(error)) from error
     for shape_id, reason in list(summary.failed.items())[:10]:

@@ -26,9 +26,8 @@ def group_command(
 ) -> None:
     """Visibility Grouping: the VST of every view and token count, stored next to the latents;
     resumable. Writes groups/<id>.npz, groups/stats.json and groups/stats.png per token count."""
-    import time
 
-    from vilearn.cli.progress import progress_bar, rate_text
+    from vilearn.cli.progress import ShapeTicker, progress_bar
     from vilearn.cli.vae import _parse_tokens
     from vilearn.data.dataset import PreparedDataset
     from vilearn.grouping.run import group_dataset, token_counts
@@ -43,20 +42,13 @@ def group_command(
         model = resolve_vae(vae, device=device)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise fail(str(error)) from error
-    start, fresh, failed = time.perf_counter(), 0, 0
-
-    def advance(shape_id: str, n: int, outcome: str) -> None:
-        nonlocal fresh, failed
-        fresh += outcome == "grouped"
-        failed += outcome == "failed"
-        bar.update(task, advance=1, failed=failed,
-                   rate=rate_text(fresh, time.perf_counter() - start, "shapes"))
-
     with progress_bar() as bar:
-        task = bar.add_task(f"group ({label})", total=len(ids) * len(counts), failed=0, rate="")
+        tick = ShapeTicker(bar, bar.add_task(f"group ({label})", total=len(ids) * len(counts), failed=0,
+                                             rate=""), fresh="grouped")
         try:
             budget = max_mb * 2**20 if max_mb else None
-            summary = group_dataset(dataset, model, label, counts, max_bytes=budget, on_shape=advance)
+            summary = group_dataset(dataset, model, label, counts, max_bytes=budget,
+                                    on_shape=lambda shape_id, n, outcome: tick(outcome))
         except (FileNotFoundError, ValueError) as error:
             raise fail(str(error)) from error
     for key, reason in list(summary.failed.items())[:10]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,3 +35,18 @@ def progress_bar() -> Progress:
 
 def rate_text(done: int, seconds: float, unit: str) -> str:
     return f"{done / seconds:.2f} {unit}/s" if seconds > 0 and done else f"- {unit}/s"
+
+
+class ShapeTicker:
+    """One bar step per finished shape: counts the shapes that did new work (``fresh``: the rate)
+    and those that failed (``"failed"``: the red count). Call with the shape's outcome."""
+
+    def __init__(self, bar: Progress, task, fresh: str):
+        self.bar, self.task, self.fresh_outcome = bar, task, fresh
+        self.start, self.fresh, self.failed = time.perf_counter(), 0, 0
+
+    def __call__(self, outcome: str) -> None:
+        self.fresh += outcome == self.fresh_outcome
+        self.failed += outcome == "failed"
+        self.bar.update(self.task, advance=1, failed=self.failed,
+                        rate=rate_text(self.fresh, time.perf_counter() - self.start, "shapes"))

@@ -66,9 +66,8 @@ def encode_command(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Encode every shape into latents (mean, logvar, FPS anchors) per token count; resumable."""
-    import time
 
-    from vilearn.cli.progress import progress_bar, rate_text
+    from vilearn.cli.progress import ShapeTicker, progress_bar
     from vilearn.vae.data import read_manifest
     from vilearn.vae.encode import encode_dataset, latents_dir
     from vilearn.vae.resolve import resolve_vae, vae_name
@@ -82,17 +81,12 @@ def encode_command(
     if not model.config.with_encoder:
         raise fail(f"--vae {vae}: a decoder-only VAE (e.g. Hunyuan3D-2.0's) cannot encode shapes")
     label = name or vae_name(vae)
-    start, fresh = time.perf_counter(), 0
-
-    def advance(shape_id: str, encoded: bool) -> None:
-        nonlocal fresh
-        fresh += encoded
-        bar.update(task, advance=1, rate=rate_text(fresh, time.perf_counter() - start, "shapes"))
-
     with progress_bar() as bar:
-        task = bar.add_task(f"encode ({label})", total=len(rows), failed=0, rate="")
+        tick = ShapeTicker(bar, bar.add_task(f"encode ({label})", total=len(rows), failed=0, rate=""),
+                           fresh="encoded")
         try:
-            stats = encode_dataset(dataset, model, label, counts, surface_points, on_shape=advance)
+            stats = encode_dataset(dataset, model, label, counts, surface_points,
+                                   on_shape=lambda shape_id, encoded: tick("encoded" if encoded else "kept"))
         except ValueError as error:
             raise fail(str(error)) from error
     for n, s in stats.items():

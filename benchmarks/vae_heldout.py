@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("vae")
     parser.add_argument("dataset")
     parser.add_argument("--shapes", type=int, default=0, help="0: every val shape")
-    parser.add_argument("--locality-shapes", type=int, default=10)
+    parser.add_argument("--locality-shapes", type=int, default=10, help="0: no locality")
     parser.add_argument("--no-recon", action="store_true", help="locality only")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
@@ -73,7 +73,7 @@ def main() -> None:
         recon["seconds"] = time.perf_counter() - tic
         print("reconstruction:", json.dumps(recon))
     ids = PreparedDataset(args.dataset).ids("val")[:args.locality_shapes]
-    local = [locality(vae, args.dataset, ids, n) for n in (256, 64)]
+    local = [locality(vae, args.dataset, ids, n) for n in (256, 64)] if ids else []
     for row in local:
         print("locality:", json.dumps(row))
     if args.json:

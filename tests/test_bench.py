@@ -83,7 +83,8 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
                        "views: {count: 2, image_size: 64, visible_points: 512}\n")
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump({
-        "data": {"limit": 6, "prepare": str(prepare), "vae": str(encoded / "vae"), "tokens": 32},
+        "data": {"limit": 6, "prepare": str(prepare), "vae": str(encoded / "vae"), "tokens": 32,
+                 "frame": "view"},
         "overrides": ["val.every=2", "train.ckpt_every=2",
                       "conditioner={kind: patch, image_size: 32, patch_size: 16, width: 64, depth: 1, "
                       "num_heads: 4}"],
@@ -96,6 +97,12 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert {(r["variant"], r["step"]) for r in records} == {
         ("none", 2), ("none", 4), ("va-rope-random", 2), ("va-rope-random", 4)}
+    # view frame: the run trained and scored one shape per (shape, view) of the prepared data
+    from vilearn.data.dataset import PreparedDataset
+
+    object_ids = PreparedDataset(tmp_path / "out" / "dataset-object").ids()
+    assert sorted(PreparedDataset(tmp_path / "out" / "dataset").ids()) == sorted(
+        f"{i}~{k}" for i in object_ids for k in range(2))
     text = report.read_text()
     assert "| fscore@0.05 | va-rope-random |" in text and "Chance and ceiling" in text
     assert (tmp_path / "out" / "curve-fscore_0.05.png").is_file()

@@ -41,6 +41,9 @@ class BenchData:
     vae: str = "packaged"  # 'packaged' (the committed tiny VAE) or a VAE path
     vae_name: str = "bench-vae"
     tokens: int = 64
+    # 'object' (one latent per shape, the paper's setting) or 'view' (one latent per view, the
+    # shape rotated into its camera's frame: the image fixes the pose; design.md, "Frames")
+    frame: str = "object"
     # r of the inference partition (first ceil(N r) tokens visible); None = the dataset's measured
     # mean visible-token fraction, which at few tokens is well above the paper's 1/3
     visible_ratio: float | None = None
@@ -63,6 +66,8 @@ class BenchConfig:
     references: bool = True  # score the VAE ceiling and chance once
 
     def __post_init__(self) -> None:
+        if self.data.frame not in ("object", "view"):
+            raise ValueError(f"data.frame: {self.data.frame!r} is not 'object' or 'view'")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"variants: {unknown[0]!r} is not one of {', '.join(VARIANTS)}")
@@ -117,7 +122,7 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
     out.mkdir(parents=True, exist_ok=True)
     d = bench.data
     vae = build_dataset(out / "dataset", d.source, d.limit, d.prepare, resolve_vae_path(d.vae),
-                        d.vae_name, [d.tokens], say=say, device=default_device())
+                        d.vae_name, [d.tokens], say=say, device=default_device(), frame=d.frame)
     results_path = out / "results.jsonl"
     done = {(r["variant"], r["seed"], r["step"]) for r in _read(results_path)}
     for step in range(bench.eval_every, bench.steps + 1, bench.eval_every):

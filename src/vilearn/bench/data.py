@@ -33,9 +33,11 @@ def default_device() -> str:
 def build_dataset(root: str | Path, source: str, limit: int | None, prepare_config: str,
                   vae_path: str | Path, vae_name: str, tokens: list[int], workers: int = 0,
                   say: Callable[[str], None] = print, on_shape: Callable[..., None] | None = None,
-                  device: str = "cpu"):
-    """prepare ``source`` into ``root``, encode at ``tokens`` with the VAE, group every view and
-    write the grouping statistics (whose mean visible fraction sets the inference partition).
+                  device: str = "cpu", frame: str = "object"):
+    """prepare ``source`` into ``root`` (with ``frame="view"``: into ``root``-object, then its
+    view-frame dataset into ``root``, see ``vilearn.data.view_frame``), encode at ``tokens``
+    with the VAE, group every view and write the grouping statistics (whose mean visible
+    fraction sets the inference partition).
 
     ``on_shape`` is called once per shape by the encoding and again by the grouping pass.
     Returns the loaded VAE (eval mode), for callers that decode afterwards.
@@ -49,12 +51,20 @@ def build_dataset(root: str | Path, source: str, limit: int | None, prepare_conf
     from vilearn.vae.encode import encode_dataset
     from vilearn.vae.resolve import resolve_vae
 
+    if frame not in ("object", "view"):
+        raise ValueError(f"frame must be 'object' or 'view', got {frame!r}")
     root = Path(root)
-    say(f"prepare {limit or 'all'} shapes of {source} -> {root}")
-    summary = prepare_dataset(source, root, load_config(PrepareConfig, prepare_config),
+    prepared = root.with_name(root.name + "-object") if frame == "view" else root
+    say(f"prepare {limit or 'all'} shapes of {source} -> {prepared}")
+    summary = prepare_dataset(source, prepared, load_config(PrepareConfig, prepare_config),
                               workers=workers or os.cpu_count() or 1, limit=limit)
     if summary.ok == 0:
         raise ValueError(f"{source}: no shape could be prepared")
+    if frame == "view":
+        from vilearn.data.view_frame import derive_view_frame
+
+        say(f"view frame: one shape per view -> {root}")
+        derive_view_frame(prepared, root)
     vae = resolve_vae(vae_path, device=device)
     say(f"encode and group at {tokens} tokens with {vae_path}")
     encode_dataset(root, vae, vae_name, tokens, on_shape=on_shape)

@@ -99,3 +99,26 @@ def inspect(
     if stats.ok:
         path = contact_sheet(data, sheet or Path(dataset) / "contact_sheet.png", count=count)
         console.print(f"contact sheet: {path}")
+
+
+@app.command("view-frame")
+def view_frame(
+    dataset: Path = typer.Argument(..., help="A prepared (object-frame) dataset folder."),
+    out: Path = typer.Argument(..., help="The view-frame dataset to write (resumed if it exists)."),
+) -> None:
+    """One shape per (shape, view), rotated into that view's camera frame (design.md, "Frames")."""
+    from vilearn.cli.progress import progress_bar
+    from vilearn.data.dataset import PreparedDataset
+    from vilearn.data.view_frame import derive_view_frame
+
+    try:
+        total = sum(1 for _ in PreparedDataset(dataset).rows(status=None))
+    except FileNotFoundError as error:
+        raise fail(str(error)) from error
+    with progress_bar() as bar:
+        task = bar.add_task("view frame", total=total, failed=0, rate="")
+        try:
+            count = derive_view_frame(dataset, out, on_shape=lambda _: bar.advance(task))
+        except (FileNotFoundError, ValueError) as error:
+            raise fail(str(error)) from error
+    console.print(f"[green]{count}[/] view-frame shapes -> {out}")

@@ -119,3 +119,13 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     expected = visible[nonempty].mean()
     ratio = train_config(bench, tmp_path / "out", "none", 0).model["visible_ratio"]
     assert abs(ratio - expected) < 1e-9 and abs(ratio - 1 / 3) > 1e-3
+
+
+def test_bench_config_names_a_bad_frame(tmp_path):
+    from vilearn.bench.convergence import BenchConfig
+    from vilearn.config import ConfigError, load_config
+
+    path = tmp_path / "bench.yaml"
+    path.write_text("data: {frame: side}\n")
+    with pytest.raises((ConfigError, ValueError), match="frame.*side"):
+        load_config(BenchConfig, path)

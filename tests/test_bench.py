@@ -119,6 +119,8 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     expected = visible[nonempty].mean()
     ratio = train_config(bench, tmp_path / "out", "none", 0).model["visible_ratio"]
     assert abs(ratio - expected) < 1e-9 and abs(ratio - 1 / 3) > 1e-3
+    # the view frame trains on uncropped condition images (their framing is the object's size)
+    assert train_config(bench, tmp_path / "out", "none", 0).conditioner.crop is False
 
 
 def test_bench_config_names_a_bad_frame(tmp_path):

@@ -31,6 +31,17 @@ def test_preprocess_crops_to_object_and_pads_to_square():
     assert out[:, 0, 0].tolist() == [1.0, 1.0, 1.0]  # white padding
 
 
+def test_preprocess_without_crop_keeps_the_cameras_framing():
+    """crop=False: the 60 x 90 image is padded to 90 x 90 (15 white rows above and below) and
+    resized to 90: the object stays where the camera put it, at its size."""
+    out = prepare_condition_image(object_image(), size=90, crop=False)
+    red = (out[0] > 0.6) & (out[1] < 0.4)
+    rows, cols = torch.nonzero(red, as_tuple=True)
+    assert (rows.min().item(), rows.max().item()) == (15 + 10, 15 + 29)
+    assert (cols.min().item(), cols.max().item()) == (20, 69)
+    assert out[:, 0, 0].tolist() == [1.0, 1.0, 1.0]
+
+
 def test_preprocess_same_for_rgba_rgb_and_mask():
     """Training (RGB on white + mask) and inference (RGBA, or plain RGB) give the same input."""
     rgb = object_image()

@@ -191,7 +191,8 @@ def _report(out: Path, dataset: Path, vae, runs: dict[str, Path], settings: Demo
         camera = data.camera(shape_id, view)
         row = [data.image(shape_id, view)]
         for variant, model in trained.items():
-            prepared = condition_image(data, shape_id, view, model.model.conditioner.image_size)
+            conditioner = model.model.conditioner
+            prepared = condition_image(data, shape_id, view, conditioner.image_size, conditioner.crop)
             latents = generate_latents(model.model.dit, model.model.conditioner, [prepared],
                                        n_tokens=settings.tokens, steps=25, cfg_scale=3.0, seed=0,
                                        stats=model.stats[settings.tokens])

@@ -105,8 +105,11 @@ def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
             f"model.in_channels={channels}", f"model.visible_ratio={partition_ratio(bench, out)}",
             f"vae_name={d.vae_name}",
             f"stages=[{{tokens: {d.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
-    config = load_config(TrainConfig, bench.train, [*data, *bench.overrides, *VARIANTS[variant],
-                                                    f"train.seed={seed}"])
+    # view frame: the image's framing is the object's size and place in the latents' frame, so
+    # the condition is not cropped (after the overrides, which may replace the whole section)
+    framing = ["conditioner.crop=false"] if d.frame == "view" else []
+    config = load_config(TrainConfig, bench.train, [*data, *bench.overrides, *framing,
+                                                    *VARIANTS[variant], f"train.seed={seed}"])
     return config
 
 

@@ -82,7 +82,7 @@ def evaluate_model(trained, vae, settings: EvalSettings, tokens: int | None = No
     for seed in settings.seeds:
         for start in range(0, len(pairs), settings.batch):
             chunk = pairs[start:start + settings.batch]
-            images = [condition_image(data, shape_id, view, conditioner.image_size)
+            images = [condition_image(data, shape_id, view, conditioner.image_size, conditioner.crop)
                       for shape_id, view in chunk]
             latents = generate_latents(trained.model.dit, conditioner, images, n_tokens=tokens,
                                        steps=settings.steps, cfg_scale=settings.cfg_scale,

@@ -31,6 +31,9 @@ class ConditionerConfig:
     patch_size, width, depth, num_heads: the patch encoder's shape.
     drop_prob: probability of replacing a sample's condition by the null one in training.
     null: ``zero`` or ``learned`` null condition.
+    crop: condition images are cropped to the object (the default, Hunyuan3D-2's preprocessing)
+        or keep the camera's framing (``false``, for view-aligned data: the framing carries the
+        object's size and place in the view frame); see ``prepare_condition_image``.
     cached: ``dinov2`` only. Training reads the encoder's output for each view from
         ``DATASET/features/<name>/`` (written beforehand by ``vilearn cache-features``) instead
         of running the frozen encoder on the view's image; condition dropout and the null
@@ -50,6 +53,7 @@ class ConditionerConfig:
     drop_prob: float = 0.1
     null: Literal["zero", "learned"] = "zero"
     cached: bool = False
+    crop: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_prob <= 1.0:
@@ -210,6 +214,11 @@ class ImageConditioner(nn.Module):
         if self.config.kind == "dinov2":
             return self.config.image_size or self.encoder.crop[0]
         return self.config.image_size
+
+    @property
+    def crop(self) -> bool:
+        """Whether condition images are cropped to the object (``prepare_condition_image(crop=)``)."""
+        return self.config.crop
 
     def null(self, batch: int) -> Tensor:
         """The unconditional input for classifier-free guidance: (batch, L_c, out_dim)."""

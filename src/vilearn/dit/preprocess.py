@@ -4,6 +4,10 @@ The object is found from its alpha channel (RGBA input or an explicit mask) or, 
 as the pixels that are not white; it is composited onto white, cropped to its bounding box and
 padded to a centred square with a white border (``border_ratio`` of the side, hy3dgen's 0.15),
 then resized. Training reads the prepared views (RGB on white + mask) through the same function.
+
+``crop=False`` keeps the camera's framing instead (composite, pad to a centred square, resize):
+for view-aligned latents (``vilearn.data.view_frame``), where the object's size and place in
+the image are what tell the model its size and place in the view frame; a crop would erase both.
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ def prepare_condition_image(
     border_ratio: float = 0.15,
     mask: np.ndarray | None = None,
     white_threshold: int = 250,
+    crop: bool = True,
 ) -> Tensor:
-    """Crop to the object, pad to a square on white, resize.
+    """Crop to the object, pad to a square on white, resize (``crop=False``: only pad and resize).
 
     Args:
         image: PIL image or (H, W, 3|4) array (uint8, or float in [0, 1]); RGBA uses its alpha.
@@ -52,6 +57,8 @@ def prepare_condition_image(
         border_ratio: white margin as a fraction of the output side.
         mask: optional (H, W) object mask (bool, [0, 1] or uint8) overriding any alpha.
         white_threshold: RGB without alpha: a pixel is background when every channel >= this.
+        crop: crop to the object's bounding box with a ``border_ratio`` margin (the default), or
+            keep the whole image (``border_ratio`` is then unused).
     Returns:
         (3, size, size) float32 in [0, 1], object on white.
     """
@@ -63,12 +70,15 @@ def prepare_condition_image(
     rows, cols = np.nonzero(alpha[..., 0] > 0.5)
     if rows.size == 0:
         raise ValueError("condition image has no object: empty alpha/mask or an all-white image")
-    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    crop = rgb[top:bottom, left:right]
-    side = int(np.ceil(max(crop.shape[:2]) / (1.0 - border_ratio)))
+    if crop:
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        rgb = rgb[top:bottom, left:right]
+        side = int(np.ceil(max(rgb.shape[:2]) / (1.0 - border_ratio)))
+    else:
+        side = max(rgb.shape[:2])
     canvas = np.ones((side, side, 3), dtype=np.float32)
-    y, x = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
-    canvas[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
+    y, x = (side - rgb.shape[0]) // 2, (side - rgb.shape[1]) // 2
+    canvas[y : y + rgb.shape[0], x : x + rgb.shape[1]] = rgb
     pil = Image.fromarray((canvas * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
     resized = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
     return torch.from_numpy(resized / 255.0).permute(2, 0, 1).contiguous()

@@ -51,7 +51,8 @@ def generate_latents(
     device = next(model.parameters()).device
     size = conditioner.image_size
     prepared = [
-        image if isinstance(image, Tensor) else prepare_condition_image(image, size=size)
+        image if isinstance(image, Tensor) else prepare_condition_image(
+            image, size=size, crop=conditioner.crop)
         for image in images
     ]
     batch = torch.stack(prepared).to(device)  # (B, 3, S, S)

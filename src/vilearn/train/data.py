@@ -29,12 +29,14 @@ from vilearn.train.runtime import step_seed
 from vilearn.vae.encode import latents_dir
 
 
-def condition_image(data: PreparedDataset, shape_id: str, view: int, size: int) -> torch.Tensor:
-    """A stored view's image as the conditioner sees it (cropped with its mask, padded, resized):
-    (3, size, size) float32 in [0, 1]. Training, evaluation and the demo all go through here."""
+def condition_image(data: PreparedDataset, shape_id: str, view: int, size: int,
+                    crop: bool = True) -> torch.Tensor:
+    """A stored view's image as the conditioner sees it (cropped with its mask unless ``crop`` is
+    false, padded, resized): (3, size, size) float32 in [0, 1]. Training, evaluation and the demo
+    all go through here."""
     with np.load(data.layout.view(shape_id, view)) as arrays:
         mask = arrays["mask"]
-    return prepare_condition_image(data.image(shape_id, view), size=size, mask=mask)
+    return prepare_condition_image(data.image(shape_id, view), size=size, mask=mask, crop=crop)
 
 
 class LatentViewDataset(Dataset):
@@ -43,17 +45,19 @@ class LatentViewDataset(Dataset):
     ``self.skipped`` counts what was left out and why. An item is addressed by a pair
     (index, seed) (see ``StepBatches``) and is a dict: ``latents`` (N, C) float32,
     ``visible`` (N,) bool, ``id`` str, ``view`` int, and the condition: ``image`` (3, S, S)
-    float32 in [0, 1], or with ``features`` (a folder name under DATASET/features) the cached
-    encoder tokens ``features`` (L_c, D) in their stored dtype (float16 by default). With
-    ``features``, shapes without a features file and views without stored tokens are skipped.
+    float32 in [0, 1] (cropped to the object unless ``crop`` is false), or with ``features`` (a
+    folder name under DATASET/features) the cached encoder tokens ``features`` (L_c, D) in their
+    stored dtype (float16 by default). With ``features``, shapes without a features file and
+    views without stored tokens are skipped.
     """
 
     def __init__(self, root: str | Path, vae_name: str, tokens: int, split: str | None,
                  image_size: int, posterior: str = "sample", limit: int | None = None,
-                 features: str | None = None, visibility: str = "vst"):
+                 features: str | None = None, visibility: str = "vst", crop: bool = True):
         self.data = PreparedDataset(root)
         self.vae_name, self.tokens, self.image_size = vae_name, tokens, image_size
         self.posterior, self.features, self.visibility = posterior, features, visibility
+        self.crop = crop
         self.folder = latents_dir(root, vae_name, tokens)
         self.items: list[tuple[str, np.ndarray]] = []  # (shape id, usable view indices)
         self.skipped: Counter = Counter()
@@ -113,7 +117,7 @@ class LatentViewDataset(Dataset):
                 **condition, "id": shape_id, "view": int(view)}
 
     def condition_image(self, shape_id: str, view: int) -> torch.Tensor:
-        return condition_image(self.data, shape_id, view, self.image_size)
+        return condition_image(self.data, shape_id, view, self.image_size, self.crop)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key

@@ -60,7 +60,9 @@ def feature_name(model: str, image_size: int) -> str:
 
 
 def conditioner_feature_name(conditioner: ImageConditioner) -> str:
-    return feature_name(conditioner.config.model, conditioner.image_size)
+    """``feature_name``, plus ``-uncropped`` when the conditioner keeps the camera's framing."""
+    name = feature_name(conditioner.config.model, conditioner.image_size)
+    return name if conditioner.crop else f"{name}-uncropped"
 
 
 def features_dir(root: str | Path, name: str) -> Path:
@@ -110,7 +112,8 @@ def is_complete(path: Path, num_views: int) -> bool:
 def info(conditioner: ImageConditioner, dtype: str) -> dict:
     """What a features folder was made with (``info.json``)."""
     return {"model": model_identity(conditioner.config.model), "image_size": conditioner.image_size,
-            "tokens": conditioner.n_tokens, "width": conditioner.out_dim, "dtype": dtype}
+            "tokens": conditioner.n_tokens, "width": conditioner.out_dim, "dtype": dtype,
+            "crop": conditioner.crop}
 
 
 def check_features(root: str | Path, conditioner: ImageConditioner) -> str:
@@ -123,7 +126,8 @@ def check_features(root: str | Path, conditioner: ImageConditioner) -> str:
             f"{conditioner.image_size} px (run 'vilearn cache-features {root} "
             f"--model {conditioner.config.model} --image-size {conditioner.image_size}' first)")
     stored, expected = read_json(path), info(conditioner, "")
-    for key in ("model", "image_size", "tokens", "width"):
+    stored.setdefault("crop", True)  # folders written before the crop switch were cropped
+    for key in ("model", "image_size", "tokens", "width", "crop"):
         if stored.get(key) != expected[key]:
             raise ValueError(f"{path}: features made with {key} {stored.get(key)!r}, but the "
                              f"conditioner has {expected[key]!r}")
@@ -131,7 +135,7 @@ def check_features(root: str | Path, conditioner: ImageConditioner) -> str:
 
 
 def prepared_views(data: PreparedDataset, shape_id: str, num_views: int,
-                   image_size: int) -> tuple[list[int], Tensor]:
+                   image_size: int, crop: bool = True) -> tuple[list[int], Tensor]:
     """The usable views (mask not empty) and their prepared images (V, 3, S, S) in [0, 1]."""
     views, images = [], []
     for k in range(num_views):
@@ -140,7 +144,8 @@ def prepared_views(data: PreparedDataset, shape_id: str, num_views: int,
         if not mask.any():
             continue
         views.append(k)
-        images.append(prepare_condition_image(data.image(shape_id, k), size=image_size, mask=mask))
+        images.append(prepare_condition_image(data.image(shape_id, k), size=image_size, mask=mask,
+                                              crop=crop))
     if not views:
         raise ValueError(f"shape {shape_id!r}: no view shows the object (every mask is empty)")
     return views, torch.stack(images)
@@ -150,7 +155,7 @@ def prepared_views(data: PreparedDataset, shape_id: str, num_views: int,
 def encode_shape(conditioner: ImageConditioner, data: PreparedDataset, shape_id: str, num_views: int,
                  batch: int, dtype: torch.dtype) -> dict[str, Tensor]:
     """{view_key(k): tokens (L_c, D) in ``dtype``, on the CPU} for the usable views of a shape."""
-    views, images = prepared_views(data, shape_id, num_views, conditioner.image_size)
+    views, images = prepared_views(data, shape_id, num_views, conditioner.image_size, conditioner.crop)
     device = conditioner.null_tokens.device
     tokens = torch.cat([conditioner.encoder(chunk.to(device)).float().cpu()
                         for chunk in images.split(batch)])  # (V, L_c, D)

@@ -283,7 +283,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
         write_text(out / "git.txt", (git_commit() or "unknown") + "\n")
         for tokens, stat in stats.items():
             write_json(out / "latent_stats" / f"{tokens}.json", stat.to_dict())
-    image_size = model.conditioner.image_size
+    image_size, crop = model.conditioner.image_size, model.conditioner.crop
     if t.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -306,7 +306,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 stage_index = index
                 dataset = LatentViewDataset(config.dataset, resolved_vae_name(config), stage.tokens,
                                             "train", image_size, t.posterior, features=features,
-                                            visibility=t.visibility)
+                                            visibility=t.visibility, crop=crop)
                 if on_stage:
                     on_stage(index, dataset)
                 if main:

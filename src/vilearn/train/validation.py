@@ -56,13 +56,13 @@ class Validator:
         v = self.config.val
         return self._at(v.every, step) or self._at(v.sample_every, step)
 
-    def held_out(self, tokens: int, image_size: int) -> list[dict]:
+    def held_out(self, tokens: int, image_size: int, crop: bool = True) -> list[dict]:
         """The fixed validation items at ``tokens`` tokens (cached); each has its ``image``, and
         its ``features`` too when the run trains on cached features."""
         if tokens not in self._sets:
             data = LatentViewDataset(self.config.dataset, self.vae_name, tokens, "val", image_size,
                                      posterior="mean", limit=self.config.val.shapes,
-                                     features=self.features)
+                                     features=self.features, crop=crop)
             items = [data.load(i, int(data.items[i][1][0]), None) for i in range(len(data))]
             for item in items:
                 item.setdefault("image", data.condition_image(item["id"], item["view"]))
@@ -91,7 +91,7 @@ class Validator:
 
     def run(self, step: int, model, ema, logger, writer) -> dict:
         tokens = self.config.stage_at(min(step, self.config.total_steps - 1))[1].tokens
-        items = self.held_out(tokens, model.conditioner.image_size)
+        items = self.held_out(tokens, model.conditioner.image_size, model.conditioner.crop)
         record: dict = {"step": step, "split": "val", "tokens": tokens}
         if not items:
             record["note"] = "no held-out shape with latents and grouping"

@@ -121,6 +121,18 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     assert abs(ratio - expected) < 1e-9 and abs(ratio - 1 / 3) > 1e-3
     # the view frame trains on uncropped condition images (their framing is the object's size)
     assert train_config(bench, tmp_path / "out", "none", 0).conditioner.crop is False
+    # bench-gpu's overrides replace whole sections (model, conditioner): the channels of the
+    # stored latents, the measured partition and the uncropped view still reach the run
+    import dataclasses
+
+    gpu = load_config(BenchConfig, "bench-gpu")
+    wide = train_config(dataclasses.replace(bench, overrides=gpu.overrides), tmp_path / "out", "va-rope", 0)
+    latent = next((tmp_path / "out" / "dataset").glob("latents/*/32/*.safetensors"))
+    from safetensors.numpy import load_file
+
+    assert wide.model["in_channels"] == load_file(str(latent))["mean"].shape[-1]
+    assert wide.model["hidden_size"] == 384 and abs(wide.model["visible_ratio"] - expected) < 1e-9
+    assert wide.conditioner.crop is False and wide.conditioner.image_size == 128
 
 
 def test_bench_config_names_a_bad_frame(tmp_path):

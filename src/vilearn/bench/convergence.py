@@ -106,9 +106,11 @@ def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
             f"vae_name={d.vae_name}",
             f"stages=[{{tokens: {d.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
     # view frame: the image's framing is the object's size and place in the latents' frame, so
-    # the condition is not cropped (after the overrides, which may replace the whole section)
+    # the condition is not cropped
     framing = ["conditioner.crop=false"] if d.frame == "view" else []
-    config = load_config(TrainConfig, bench.train, [*data, *bench.overrides, *framing,
+    # what the benchmark derives from its dataset comes after the config's overrides, which may
+    # replace a whole section (bench-gpu's `model={...}`) and would otherwise drop it
+    config = load_config(TrainConfig, bench.train, [*bench.overrides, *data, *framing,
                                                     *VARIANTS[variant], f"train.seed={seed}"])
     return config
 

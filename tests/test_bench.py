@@ -125,11 +125,11 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     # stored latents, the measured partition and the uncropped view still reach the run
     import dataclasses
 
+    from safetensors.numpy import load_file
+
     gpu = load_config(BenchConfig, "bench-gpu")
     wide = train_config(dataclasses.replace(bench, overrides=gpu.overrides), tmp_path / "out", "va-rope", 0)
     latent = next((tmp_path / "out" / "dataset").glob("latents/*/32/*.safetensors"))
-    from safetensors.numpy import load_file
-
     assert wide.model["in_channels"] == load_file(str(latent))["mean"].shape[-1]
     assert wide.model["hidden_size"] == 384 and abs(wide.model["visible_ratio"] - expected) < 1e-9
     assert wide.conditioner.crop is False and wide.conditioner.image_size == 128

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from vilearn.config import from_dict
+from vilearn.engine.ema import EMA
 from vilearn.flow.normalize import LatentStats
 from vilearn.train.config import TrainConfig
-from vilearn.train.ema import EMA
 from vilearn.train.trainer import build_model, build_optimizer, training_step
 
 SIZES = {

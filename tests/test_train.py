@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from vilearn.cli import app
 from vilearn.config import ConfigError, load_config
-from vilearn.train.checkpoint import latest_checkpoint, load_checkpoint
+from vilearn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from vilearn.train.config import TrainConfig
 from vilearn.train.trainer import train
 
@@ -180,7 +180,7 @@ def test_packaged_train_configs_are_valid(name):
 def test_ema_averages_and_follows_the_model_to_its_device():
     from torch import nn
 
-    from vilearn.train.ema import EMA
+    from vilearn.engine.ema import EMA
 
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)

@@ -120,8 +120,8 @@ def _vae(out: Path, dataset: Path, settings: DemoSettings, say: Callable[[str], 
 def _train(out: Path, dataset: Path, vae_path: Path, channels: int, variant: str,
            settings: DemoSettings, reporter: Reporter) -> Path:
     from vilearn.config import load_config
+    from vilearn.engine.checkpoint import latest_checkpoint
     from vilearn.grouping import measured_visible_ratio
-    from vilearn.train.checkpoint import latest_checkpoint
     from vilearn.train.config import TrainConfig
     from vilearn.train.trainer import train
 

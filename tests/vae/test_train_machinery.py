@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vilearn.train import EMA, JSONLLogger, capture_rng_state, lr_factor, restore_rng_state
-from vilearn.train.checkpoint import (
+from vilearn.engine import EMA, JSONLLogger, capture_rng_state, lr_factor, restore_rng_state
+from vilearn.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vilearn.config import from_dict
-from vilearn.train.checkpoint import latest_checkpoint, load_checkpoint
+from vilearn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from vilearn.vae.data import ShapeSampler
 from vilearn.vae.synthetic import make_dataset
 from vilearn.vae.train import train_vae

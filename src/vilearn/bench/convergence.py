@@ -119,7 +119,7 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
     """Train, evaluate and report; returns the report's path (OUT/convergence.md)."""
     from vilearn.bench.data import build_dataset, default_device, resolve_vae_path
     from vilearn.bench.evaluate import evaluate_model, reference_scores
-    from vilearn.train.checkpoint import latest_checkpoint
+    from vilearn.engine.checkpoint import latest_checkpoint
     from vilearn.train.loading import load_trained
     from vilearn.train.trainer import resolved_vae_name, train
 

@@ -40,7 +40,7 @@ def evaluate_command(
     from vilearn.bench.data import default_device
     from vilearn.bench.evaluate import EvalSettings, evaluate_model, reference_scores, write_report
     from vilearn.cli.progress import progress_bar
-    from vilearn.train.checkpoint import step_name
+    from vilearn.engine.checkpoint import step_name
     from vilearn.train.loading import load_trained
     from vilearn.train.trainer import resolved_vae_name
     from vilearn.vae.resolve import resolve_vae

@@ -23,9 +23,9 @@ from torch.utils.data import Dataset, Sampler
 
 from vilearn.data.dataset import PreparedDataset
 from vilearn.dit.preprocess import prepare_condition_image
+from vilearn.engine.runtime import step_seed
 from vilearn.grouping.store import groups_path
 from vilearn.train.features import features_path, read_view_features, stored_views
-from vilearn.train.runtime import step_seed
 from vilearn.vae.encode import latents_dir
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from vilearn.config import ConfigError, from_dict
+from vilearn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from vilearn.flow.normalize import LatentStats
-from vilearn.train.checkpoint import latest_checkpoint, load_checkpoint
 from vilearn.train.config import TrainConfig
 from vilearn.train.denoiser import Denoiser
 

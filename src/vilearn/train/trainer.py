@@ -31,24 +31,24 @@ import yaml
 from vilearn.config import ConfigError, to_dict
 from vilearn.dit.conditioner import build_conditioner
 from vilearn.dit.model import MMDiT
-from vilearn.flow.normalize import LatentStats
-from vilearn.flow.objective import flow_matching_loss
-from vilearn.io import write_json, write_text
-from vilearn.train.checkpoint import (
+from vilearn.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
     save_checkpoint,
 )
+from vilearn.engine.ema import EMA
+from vilearn.engine.logging import JSONLLogger
+from vilearn.engine.rng import capture_rng_state, restore_rng_state
+from vilearn.engine.runtime import git_commit, resolve_precision, step_seed
+from vilearn.engine.schedule import lr_factor
+from vilearn.flow.normalize import LatentStats
+from vilearn.flow.objective import flow_matching_loss
+from vilearn.io import write_json, write_text
 from vilearn.train.config import TrainConfig
 from vilearn.train.data import LatentViewDataset, StepBatches, batch_condition
 from vilearn.train.denoiser import Denoiser
-from vilearn.train.ema import EMA
-from vilearn.train.logging import JSONLLogger
-from vilearn.train.rng import capture_rng_state, restore_rng_state
-from vilearn.train.runtime import git_commit, resolve_precision, step_seed
-from vilearn.train.schedule import lr_factor
 from vilearn.vae.encode import latents_dir
 
 BUCKETS = (0.25, 0.5, 0.75)  # loss is also logged by t in [0, .25), [.25, .5), ...

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vilearn.engine.checkpoint import step_name
 from vilearn.flow.normalize import LatentStats
 from vilearn.flow.objective import flow_matching_loss
-from vilearn.train.checkpoint import step_name
 from vilearn.train.config import TrainConfig
 from vilearn.train.data import LatentViewDataset
 

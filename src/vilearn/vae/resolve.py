@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from vilearn.config import from_dict
-from vilearn.train.checkpoint import latest_checkpoint, load_checkpoint
+from vilearn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from vilearn.vae.config import VAEConfig
 from vilearn.vae.loading import load_vae
 from vilearn.vae.model import VecSetVAE

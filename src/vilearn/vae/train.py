@@ -28,9 +28,8 @@ import torch.nn.functional as F
 import yaml
 
 from vilearn.config import ConfigError, from_dict, to_dict
-from vilearn.io import write_text
-from vilearn.train import EMA, JSONLLogger, capture_rng_state, lr_factor, restore_rng_state
-from vilearn.train.checkpoint import (
+from vilearn.engine import EMA, JSONLLogger, capture_rng_state, lr_factor, restore_rng_state
+from vilearn.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
@@ -38,7 +37,8 @@ from vilearn.train.checkpoint import (
     save_checkpoint,
     step_name,
 )
-from vilearn.train.runtime import git_commit, resolve_precision, step_seed
+from vilearn.engine.runtime import git_commit, resolve_precision, step_seed
+from vilearn.io import write_text
 from vilearn.vae.data import Batch, ShapeSampler, read_manifest, tsdf_targets
 from vilearn.vae.loading import save_vae
 from vilearn.vae.model import VecSetVAE

@@ -17,16 +17,21 @@ from vilearn.dit.math import attention
 
 
 class MLPEmbedder(nn.Module):
-    """Linear -> SiLU -> Linear: (B, in_dim) -> (B, hidden_dim)."""
+    """Linear -> activation -> Linear: (B, in_dim) -> (B, out_dim or hidden_dim).
 
-    def __init__(self, in_dim: int, hidden_dim: int):
+    hy3dgen's (SiLU, out = hidden); diffusers' ``TimestepEmbedding`` is the same with GELU and a
+    wider hidden layer (Step1X-3D's time embedder: width -> 4 width -> width).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None,
+                 activation: str = "silu"):
         super().__init__()
         self.in_layer = nn.Linear(in_dim, hidden_dim, bias=True)
-        self.silu = nn.SiLU()
-        self.out_layer = nn.Linear(hidden_dim, hidden_dim, bias=True)
+        self.act = {"silu": nn.SiLU, "gelu": nn.GELU}[activation]()
+        self.out_layer = nn.Linear(hidden_dim, out_dim or hidden_dim, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_layer(self.silu(self.in_layer(x)))
+        return self.out_layer(self.act(self.in_layer(x)))
 
 
 class RMSNorm(nn.Module):

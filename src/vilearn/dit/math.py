@@ -44,15 +44,25 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def timestep_embedding(
-    t: Tensor, dim: int, max_period: float = 10_000, time_factor: float = 1000.0
+    t: Tensor,
+    dim: int,
+    max_period: float = 10_000,
+    time_factor: float = 1000.0,
+    sin_first: bool = False,
 ):
-    """Sinusoidal embedding of t (B,) -> (B, dim): [cos(args), sin(args)], args = t*factor*freqs."""
+    """Sinusoidal embedding of t (B,) -> (B, dim), args = t * factor * freqs.
+
+    [cos(args), sin(args)] (flux, hy3dgen) or, with ``sin_first``, [sin(args), cos(args)]
+    (diffusers' ``Timesteps`` without flip, Hunyuan3D-2.1's ``Timesteps``). The frequencies are
+    formed in the references' order, exp((-log(max_period) * j) / half), for equal rounding.
+    """
     t = time_factor * t
     half = dim // 2
-    exponents = torch.arange(start=0, end=half, dtype=torch.float32) / half
-    freqs = torch.exp(-math.log(max_period) * exponents).to(t.device)
+    exponents = -math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half
+    freqs = torch.exp(exponents).to(t.device)
     args = t[:, None].float() * freqs[None]
-    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    parts = (torch.sin(args), torch.cos(args)) if sin_first else (torch.cos(args), torch.sin(args))
+    embedding = torch.cat(parts, dim=-1)
     if dim % 2:
         embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
     if torch.is_floating_point(t):

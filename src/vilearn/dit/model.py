@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vilearn.dit.config import DiTConfig
 from vilearn.dit.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock
+from vilearn.dit.loading import denoiser_state, load_strict
 from vilearn.dit.math import timestep_embedding
 from vilearn.dit.vape import VAPE, fixed_partition
 
@@ -26,7 +27,10 @@ class MMDiT(nn.Module):
         self.config = config
         width = config.hidden_size
         self.latent_in = nn.Linear(config.in_channels, width, bias=True)
-        self.time_in = MLPEmbedder(in_dim=256, hidden_dim=width)
+        if config.time_embedding == "step1x-3d":
+            self.time_in = MLPEmbedder(width, 4 * width, width, activation="gelu")
+        else:
+            self.time_in = MLPEmbedder(in_dim=256, hidden_dim=width)
         self.cond_in = nn.Linear(config.context_in_dim, width)
         self.guidance_in = MLPEmbedder(256, width) if config.guidance_embed else nn.Identity()
         self.double_blocks = nn.ModuleList(
@@ -91,9 +95,7 @@ class MMDiT(nn.Module):
         """
         self._check_inputs(x, t, cond)
         shape = self.latent_in(x)  # (B, N, W)
-        # hy3dgen passes its time_factor positionally, i.e. as max_period; t is scaled by 1000.
-        # Kept as is: Hunyuan3D-2 weights were trained with this embedding.
-        vec = self.time_in(timestep_embedding(t, 256, self.config.time_factor).to(shape.dtype))
+        vec = self.time_in(self.time_frequencies(t).to(shape.dtype))  # (B, W)
         if self.config.guidance_embed:
             if guidance is None:
                 raise ValueError(
@@ -111,6 +113,15 @@ class MMDiT(nn.Module):
         for block in self.single_blocks:
             tokens = self._run(block, tokens, vec)
         return self.final_layer(tokens[:, cond.shape[1] :], vec)  # (B, N, C)
+
+    def time_frequencies(self, t: Tensor) -> Tensor:
+        """t (B,) -> the sinusoidal input of ``time_in`` (see ``DiTConfig.time_embedding``)."""
+        if self.config.time_embedding == "step1x-3d":
+            return timestep_embedding(1.0 - t, self.config.hidden_size, 10_000, 1000.0,
+                                      sin_first=True)
+        # hy3dgen passes its time_factor positionally, i.e. as max_period; t is scaled by 1000.
+        # Kept as is: Hunyuan3D-2 weights were trained with this embedding.
+        return timestep_embedding(t, 256, self.config.time_factor)
 
     def _run(self, block: nn.Module, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -141,29 +152,17 @@ class MMDiT(nn.Module):
         Accepts the bare denoiser dict or a Hunyuan3D-2 checkpoint's (``{"model": {...}}`` or keys
         prefixed ``model.``). Returns the VAPE parameter names left at their initial values.
         """
-        state = hunyuan3d_denoiser_state(state_dict)
-        own = self.state_dict()
-        vape_keys = [k for k in own if k.startswith("vape.")]
-        missing = sorted(set(own) - set(state) - set(vape_keys))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"state dict does not match this DiTConfig: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]} "
-                f"({len(missing)} missing, {len(unexpected)} unexpected)"
-            )
-        merged = {**{k: own[k] for k in vape_keys if k not in state}, **state}
-        self.load_state_dict(merged, strict=True)
-        return [k for k in vape_keys if k not in state]
+        return load_strict(self, denoiser_state(state_dict))
 
+    def load_step1x3d_state_dict(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Load Step1X-3D's released shape DiT strictly through ``vilearn.dit.step1x``'s name map
+        (needs ``time_embedding: step1x-3d``). Returns the VAPE parameter names left as they are."""
+        from vilearn.dit.step1x import step1x3d_to_mmdit
 
-def hunyuan3d_denoiser_state(checkpoint: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The denoiser's tensors from a Hunyuan3D-2 checkpoint dict (pure; no file access)."""
-    if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
-        return dict(checkpoint["model"])
-    if any(k.startswith("model.") for k in checkpoint):
-        return {k[len("model.") :]: v for k, v in checkpoint.items() if k.startswith("model.")}
-    return dict(checkpoint)
+        if self.config.time_embedding != "step1x-3d":
+            raise ValueError("Step1X-3D weights need model.time_embedding: step1x-3d "
+                             "(preset step1x-3d)")
+        return load_strict(self, step1x3d_to_mmdit(state_dict))
 
 
 def count_parameters(model: nn.Module) -> int:

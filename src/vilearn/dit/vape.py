@@ -1,9 +1,10 @@
 """Visibility-Aware Positional Encoding (VAPE): one switch, built once per forward.
 
-VAPE changes only the queries and keys of the double-stream blocks, after QK-norm and before
-attention; values, single-stream blocks and the rest of the backbone are untouched. The token
-categories are: image tokens and visible shape tokens (VST) are "visible", invisible shape tokens
-(IST) are "invisible". Visibility enters as ``visible (B, N) bool`` over the shape tokens.
+VAPE changes only queries and keys, after QK-norm and before attention; values and the rest of the
+backbone are untouched. The token categories are: image tokens and visible shape tokens (VST) are
+"visible", invisible shape tokens (IST) are "invisible". Visibility enters as ``visible (B, N)
+bool`` over the shape tokens. Each token gets a code by its category, applied alike to its query
+and its key wherever it attends or is attended to:
 
 - ``none``: no positional encoding (the permutation-invariant VecSet baseline).
 - ``va-rope``: RoPE (base ``theta`` over the head dimension) whose position is the category:
@@ -11,9 +12,23 @@ categories are: image tokens and visible shape tokens (VST) are "visible", invis
   (R_m q) . (R_n k) = q . (R_{n-m} k), so we rotate the IST by n - m and leave image tokens and
   VST untouched: the logits, hence the outputs, are those of rotating by m and n, for any m, and
   the cost is one rotation of the shape stream's Q/K (none at all for the image tokens).
-- ``va-lpe``: learnable e_v, e_i (head dimension, one pair per double-stream block) added to Q
-  and K: e_v on image tokens and VST, e_i on IST.
+- ``va-lpe``: learnable e_v, e_i (head dimension, one pair per attention layer) added to Q and K:
+  e_v on image tokens and VST, e_i on IST.
 - ``rope``: ordinary sequential RoPE over [image tokens, shape tokens] (the paper's ablation).
+
+Where it acts depends on the denoiser:
+
+- MM-DiT (``vilearn.dit.model``, the paper's setting): the joint attention of the double-stream
+  blocks over [image tokens, shape tokens]; single-stream blocks are left alone.
+- Cross-attention DiT (``vilearn.dit.plain``, Hunyuan3D-2.1's ``HunYuanDiTPlain``): every block,
+  in (a) the self-attention among [time token, shape tokens] (VST at m, IST at n) and (b) the
+  cross-attention from those queries (VST at m, IST at n) to the image keys (at m). The prepended
+  time token is a condition token like the image tokens: visible category (m, e_v). Under
+  ``rope`` the positions are those of the sequence [image tokens, time token, shape tokens]:
+  image keys 0..L_c-1, the time token L_c, shape tokens L_c+1... . This is the paper's rule
+  (image tokens and VST share m, IST gets n) read on each attention that exists: the logit
+  between a shape query and an image key carries R_{m-m} = I for VST and R_{m-n} for IST, as in
+  the MM-DiT's joint attention, and the self-attention keeps the VST/IST split among shape tokens.
 
 At inference there is no ground-truth visibility: ``fixed_partition`` marks the first ceil(N * r)
 shape tokens visible (r = 1/3, the paper's fixed partition).
@@ -22,13 +37,12 @@ shape tokens visible (r = 1/3, the paper's fixed partition).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from vilearn.dit.config import DiTConfig
 from vilearn.dit.math import rope_tables, rotate
 
 QK = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -65,85 +79,69 @@ def mask_from_indices(indices: Sequence[Tensor], n_tokens: int, device=None) -> 
     return visible
 
 
-@dataclass
-class SequentialRope:
-    """``rope``: positions 0..L_c-1 for image tokens, L_c..L_c+N-1 for shape tokens."""
+Code = Callable[[Tensor], Tensor]  # (B, H, L, D) -> (B, H, L, D), one token group's Q or K
 
-    cos: Tensor  # (L_c + N, D)
-    sin: Tensor  # (L_c + N, D)
 
-    def __call__(self, cond_q: Tensor, cond_k: Tensor, shape_q: Tensor, shape_k: Tensor) -> QK:
-        n_cond = cond_q.shape[2]
-        c_cos, c_sin, s_cos, s_sin = (
-            self.cos[:n_cond],
-            self.sin[:n_cond],
-            self.cos[n_cond:],
-            self.sin[n_cond:],
-        )
-        return (
-            rotate(cond_q, c_cos, c_sin),
-            rotate(cond_k, c_cos, c_sin),
-            rotate(shape_q, s_cos, s_sin),
-            rotate(shape_k, s_cos, s_sin),
-        )
+def unchanged(x: Tensor) -> Tensor:
+    return x
 
 
 @dataclass
-class CategoryRope:
-    """``va-rope``: IST rotated by n - m relative to image tokens and VST (see module docstring).
+class Rotation:
+    """RoPE by per-token angles: cos, sin from ``rope_tables``, broadcastable to (B, H, L, D)."""
 
-    Per-token tables (identity on VST) are built once per forward and shared by all blocks.
-    """
+    cos: Tensor
+    sin: Tensor
 
-    cos: Tensor  # (B, 1, N, D)
-    sin: Tensor  # (B, 1, N, D)
-
-    @classmethod
-    def build(cls, invisible: Tensor, delta: float, dim: int, theta: float) -> CategoryRope:
-        """invisible (B, 1, N, 1) bool; IST turn by ``delta`` = n - m."""
-        cos, sin = rope_tables(torch.tensor(delta, device=invisible.device), dim, theta)
-        return cls(torch.where(invisible, cos, 1.0), torch.where(invisible, sin, 0.0))
-
-    def __call__(self, cond_q: Tensor, cond_k: Tensor, shape_q: Tensor, shape_k: Tensor) -> QK:
-        return (
-            cond_q,
-            cond_k,
-            rotate(shape_q, self.cos, self.sin),
-            rotate(shape_k, self.cos, self.sin),
-        )
+    def __call__(self, x: Tensor) -> Tensor:
+        return rotate(x, self.cos, self.sin)
 
 
 @dataclass
-class CategoryEmbedding:
-    """``va-lpe``: e_v added to image tokens and VST, e_i to IST (queries and keys alike)."""
+class Offset:
+    """An additive embedding broadcastable to (B, H, L, D) (``va-lpe``)."""
 
-    e_visible: Tensor  # (D,)
-    e_invisible: Tensor  # (D,)
-    invisible: Tensor  # (B, 1, N, 1) bool
+    embedding: Tensor
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x + self.embedding.to(x.dtype)
+
+
+@dataclass
+class Encoding:
+    """One attention layer's VAPE: ``cond`` codes the image tokens, ``shape`` the shape tokens."""
+
+    cond: Code
+    shape: Code
 
     def __call__(self, cond_q: Tensor, cond_k: Tensor, shape_q: Tensor, shape_k: Tensor) -> QK:
-        e_shape = torch.where(self.invisible, self.e_invisible, self.e_visible).to(shape_q.dtype)
-        e_cond = self.e_visible.to(cond_q.dtype)
-        return cond_q + e_cond, cond_k + e_cond, shape_q + e_shape, shape_k + e_shape
+        """Joint attention (MM-DiT): each stream's Q and K get that stream's code."""
+        return self.cond(cond_q), self.cond(cond_k), self.shape(shape_q), self.shape(shape_k)
 
 
 class VAPE(nn.Module):
-    """Builds each double-stream block's Q/K encoding once per forward.
+    """Builds each attention layer's Q/K encoding once per forward.
 
-    Holds the only VAPE parameters (``va-lpe``): ``visible_embed`` and ``invisible_embed``,
-    each (depth, head_dim), so every hy3dgen parameter name stays as it is.
+    Holds the only VAPE parameters (``va-lpe``): ``visible_embed`` and ``invisible_embed``, each
+    (layers, head_dim), so every parameter name of the released denoisers stays as it is.
+
+    Args:
+        config: a denoiser config with ``vape``, ``vape_m``, ``vape_n``, ``theta``, ``head_dim``
+            and ``depth`` (``DiTConfig`` or ``PlainDiTConfig``).
+        layers: attention layers that get an encoding (default ``config.depth``: the MM-DiT's
+            double-stream blocks; the cross-attention DiT has two per block).
     """
 
-    def __init__(self, config: DiTConfig):
+    def __init__(self, config, layers: int | None = None):
         super().__init__()
         self.kind = config.vape
-        self.depth = config.depth
+        self.depth = config.depth if layers is None else layers
         self.head_dim = config.head_dim
         self.theta = config.theta
         self.m, self.n = config.vape_m, config.vape_n
         if self.kind == "va-lpe":
-            self.visible_embed = nn.Parameter(torch.empty(config.depth, config.head_dim))
-            self.invisible_embed = nn.Parameter(torch.empty(config.depth, config.head_dim))
+            self.visible_embed = nn.Parameter(torch.empty(self.depth, config.head_dim))
+            self.invisible_embed = nn.Parameter(torch.empty(self.depth, config.head_dim))
             self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -152,25 +150,40 @@ class VAPE(nn.Module):
             nn.init.normal_(self.invisible_embed, std=0.02)
 
     def forward(
-        self, visible: Tensor | None, n_cond: int, n_shape: int, device=None
-    ) -> list | None:
-        """Per-block encodings (a list of ``depth`` callables), or None for ``none``.
+        self, visible: Tensor | None, n_cond: int, n_shape: int, device=None, n_prefix: int = 0
+    ) -> list[Encoding] | None:
+        """Per-layer encodings (a list of ``depth`` ``Encoding``), or None for ``none``.
 
         Args:
             visible: (B, N) bool, True for VST; required by ``va-rope`` and ``va-lpe``.
             n_cond: number of image tokens L_c. n_shape: number of shape tokens N.
+            n_prefix: condition tokens that lead the shape sequence (the cross-attention DiT's
+                time token): coded as visible tokens (m, e_v; ``rope``: positions L_c...), so
+                each ``Encoding.shape`` acts on (B, H, n_prefix + N, D).
         """
         if self.kind == "none":
             return None
         if self.kind == "rope":
-            positions = torch.arange(n_cond + n_shape, device=device)
-            return [SequentialRope(*rope_tables(positions, self.head_dim, self.theta))] * self.depth
-        invisible = self._invisible(visible, n_shape, device)
-        if self.kind == "va-rope":
-            rope = CategoryRope.build(invisible, self.n - self.m, self.head_dim, self.theta)
+            positions = torch.arange(n_cond + n_prefix + n_shape, device=device)
+            cos, sin = rope_tables(positions, self.head_dim, self.theta)  # (L_c + P + N, D)
+            rope = Encoding(
+                Rotation(cos[:n_cond], sin[:n_cond]), Rotation(cos[n_cond:], sin[n_cond:])
+            )
             return [rope] * self.depth
+        invisible = self._invisible(visible, n_shape, device)  # (B, 1, N, 1)
+        if n_prefix:
+            invisible = nn.functional.pad(invisible, (0, 0, n_prefix, 0), value=False)
+        if self.kind == "va-rope":
+            # IST turn by n - m relative to image tokens and VST (see the module docstring)
+            delta = torch.tensor(self.n - self.m, device=invisible.device)
+            cos, sin = rope_tables(delta, self.head_dim, self.theta)  # (D,)
+            rope = Rotation(torch.where(invisible, cos, 1.0), torch.where(invisible, sin, 0.0))
+            return [Encoding(unchanged, rope)] * self.depth
         return [
-            CategoryEmbedding(self.visible_embed[i], self.invisible_embed[i], invisible)
+            Encoding(
+                Offset(self.visible_embed[i]),
+                Offset(torch.where(invisible, self.invisible_embed[i], self.visible_embed[i])),
+            )
             for i in range(self.depth)
         ]
 

@@ -1,0 +1,80 @@
+"""Step1X-3D's shape DiT loaded into MMDiT through the name map, against a fixture made by its
+reference code (tests/fixtures/make_step1x_dit.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from vilearn.dit import MMDiT, count_parameters, dit_config, step1x3d_to_mmdit
+
+FIXTURE = Path(__file__).parent / "fixtures" / "step1x_dit.safetensors"
+
+
+def read_fixture():
+    """(the small config's keys, the released-layout weights, every tensor)."""
+    with safe_open(str(FIXTURE), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    weights = {k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")}
+    return json.loads(meta["config"]), weights, tensors
+
+
+@pytest.mark.parametrize("vape", ["none", "va-rope"])
+def test_matches_step1x3d_reference(vape):
+    small, weights, ref = read_fixture()
+    model = MMDiT(dit_config("step1x-3d", **small, vape=vape)).eval()
+    assert model.load_step1x3d_state_dict(weights) == []
+    visible = torch.ones(ref["x"].shape[:2], dtype=torch.bool)  # all visible: VAPE is inert
+    with torch.no_grad():
+        out = model(ref["x"], ref["t"], ref["cond"], visible=visible)
+    # Step1X-3D predicts noise - x; our velocity is x - noise
+    torch.testing.assert_close(out, -ref["prediction"], atol=2e-5, rtol=1e-5)
+    assert ref["prediction"].abs().mean() > 0.3
+
+
+def test_map_uses_every_tensor_and_accepts_checkpoint_layouts():
+    _, weights, _ = read_fixture()
+    bare = {k[len("dit_model."):]: v for k, v in weights.items()}
+    lightning = {"state_dict": {f"denoiser_model.{k}": v for k, v in weights.items()}}
+    reference = step1x3d_to_mmdit(weights)
+    for layout in (bare, lightning):
+        mapped = step1x3d_to_mmdit(layout)
+        assert mapped.keys() == reference.keys()
+        assert all(torch.equal(mapped[k], reference[k]) for k in mapped)
+    n_in = sum(v.numel() for v in weights.values())
+    assert sum(v.numel() for v in reference.values()) == n_in  # nothing dropped, nothing made up
+    with pytest.raises(ValueError, match="does not know"):
+        step1x3d_to_mmdit({**weights, "dit_model.extra.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="missing 'proj_in.bias'"):
+        step1x3d_to_mmdit({k: v for k, v in weights.items() if k != "dit_model.proj_in.bias"})
+    with pytest.raises(ValueError, match="label"):
+        step1x3d_to_mmdit({**weights, "proj_label_condtion.1.weight": torch.zeros(1)})
+
+
+def test_needs_the_step1x_time_embedding():
+    small, weights, _ = read_fixture()
+    model = MMDiT(dit_config("tiny", **small))
+    with pytest.raises(ValueError, match="time_embedding: step1x-3d"):
+        model.load_step1x3d_state_dict(weights)
+
+
+def test_released_preset_size_on_meta_device():
+    config = dit_config("step1x-3d")
+    with torch.device("meta"):
+        model = MMDiT(config, init=False)
+    h, f = config.hidden_size, 4 * config.hidden_size
+    count = count_parameters(model)
+    # independent count: Hunyuan3D-2's formula with the wider time MLP (h -> 4h -> h)
+    lin = lambda i, o: i * o + o  # noqa: E731
+    d = config.head_dim
+    stream = lin(h, 6 * h) + lin(h, 3 * h) + 2 * d + lin(h, h) + lin(h, f) + lin(f, h)
+    single = lin(h, 3 * h + f) + lin(h + f, h) + 2 * d + lin(h, 3 * h)
+    embed = lin(64, h) + lin(h, 4 * h) + lin(4 * h, h) + lin(1024, h)
+    expected = embed + 12 * 2 * stream + 24 * single + lin(h, 2 * h) + lin(h, 64)
+    print(f"step1x-3d: {count:,} parameters")
+    assert count == expected
+    assert 1.2e9 < count < 1.4e9  # "1.3B" (Step1X-3D's config header)

@@ -78,3 +78,12 @@ def test_released_preset_size_on_meta_device():
     print(f"step1x-3d: {count:,} parameters")
     assert count == expected
     assert 1.2e9 < count < 1.4e9  # "1.3B" (Step1X-3D's config header)
+
+
+def test_time_embedding_errors_name_the_key():
+    from vilearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="guidance_embed"):
+        dit_config("step1x-3d", guidance_embed=True)
+    with pytest.raises(ConfigError, match="time_embedding"):
+        dit_config("tiny", time_embedding="flux")

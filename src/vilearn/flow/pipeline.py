@@ -15,6 +15,7 @@ from torch import Tensor
 
 from vilearn.dit.conditioner import ImageConditioner
 from vilearn.dit.model import MMDiT
+from vilearn.dit.plain import PlainDiT
 from vilearn.dit.preprocess import prepare_condition_image
 from vilearn.flow.normalize import LatentStats
 from vilearn.flow.sampling import sample_latents
@@ -22,7 +23,7 @@ from vilearn.flow.sampling import sample_latents
 
 @torch.no_grad()
 def generate_latents(
-    model: MMDiT,
+    model: MMDiT | PlainDiT,
     conditioner: ImageConditioner,
     images: Sequence[Image.Image | np.ndarray | Tensor],
     *,
@@ -37,7 +38,8 @@ def generate_latents(
     """Sample one latent set per condition image.
 
     Args:
-        model: the MM-DiT (its VAPE gets the fixed partition, first ceil(N * r) tokens visible).
+        model: the denoiser, MM-DiT or cross-attention DiT (its VAPE gets the fixed partition,
+            first ceil(N * r) tokens visible).
         conditioner: the image conditioner trained with it (its null condition drives CFG).
         images: PIL images or (H, W, 3|4) arrays (RGBA or object on white), prepared here with
             ``prepare_condition_image``; (3, S, S) tensors are taken as already prepared.

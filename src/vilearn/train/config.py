@@ -4,7 +4,8 @@
 dataset: data/urdfs            # a prepared dataset with encoded latents and groups
 vae: runs/vae-tiny             # the VAE (run, checkpoint or weights) that made the latents
 vae_name: null                 # latents folder name under DATASET/latents (default: from vae)
-model: {preset: tiny, vape: va-rope, ...}   # any DiTConfig key, plus preset
+model: {arch: mmdit, preset: tiny, vape: va-rope, ...}   # arch mmdit (DiTConfig) or plain
+                               # (PlainDiTConfig, Hunyuan3D-2.1's); any key of that class
 conditioner: {kind: patch, image_size: 64, ...}
 timesteps: {density: logit-normal, ...}
 optim: {lr: 1.0e-4, warmup_steps: 100, ...}
@@ -19,9 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vilearn.config import from_dict
 from vilearn.dit.conditioner import ConditionerConfig
-from vilearn.dit.config import PRESETS, DiTConfig
+from vilearn.dit.config import DiTConfig, PlainDiTConfig, denoiser_config
 from vilearn.flow.timesteps import TimestepConfig
 
 
@@ -110,13 +110,10 @@ class TrainConfig:
         _ = self.dit  # validates the model section now, naming a bad key
 
     @property
-    def dit(self) -> DiTConfig:
-        """The denoiser's config: ``model.preset``'s values overridden by the other keys."""
-        section = dict(self.model)
-        preset = section.pop("preset", "tiny")
-        if preset not in PRESETS:
-            raise ValueError(f"model.preset {preset!r} is not one of {', '.join(sorted(PRESETS))}")
-        return from_dict(DiTConfig, {**PRESETS[preset], **section}, where="model")
+    def dit(self) -> DiTConfig | PlainDiTConfig:
+        """The denoiser's config: ``model.arch``'s class (``mmdit`` by default, or ``plain``),
+        ``model.preset``'s values overridden by the other keys."""
+        return denoiser_config(self.model, where="model")
 
     @property
     def total_steps(self) -> int:

@@ -1,4 +1,5 @@
-"""The trainable whole: image conditioner + MM-DiT, one module for Accelerate, EMA and saving."""
+"""The trainable whole: image conditioner + denoiser (MM-DiT or cross-attention DiT), one module
+for Accelerate, EMA and saving."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import Tensor, nn
 
 from vilearn.dit.conditioner import ImageConditioner
 from vilearn.dit.model import MMDiT
+from vilearn.dit.plain import PlainDiT
 
 
 class Denoiser(nn.Module):
@@ -16,7 +18,7 @@ class Denoiser(nn.Module):
     the images (what ``LatentViewDataset`` yields then), given the same CFG dropout.
     """
 
-    def __init__(self, dit: MMDiT, conditioner: ImageConditioner):
+    def __init__(self, dit: MMDiT | PlainDiT, conditioner: ImageConditioner):
         super().__init__()
         self.dit, self.conditioner = dit, conditioner
 
@@ -29,6 +31,12 @@ class Denoiser(nn.Module):
         else:
             tokens = self.conditioner(cond, generator=generator)
         return self.dit(x, t, tokens, visible=visible)
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The denoiser's auxiliary training loss from the last forward (the cross-attention
+        DiT's weighted MoE load balancing), or None; taken once, so the graph is not kept."""
+        loss, self.dit.aux_loss = getattr(self.dit, "aux_loss", None), None
+        return loss
 
     def trainable_state(self) -> dict[str, Tensor]:
         """The state worth saving: everything but a frozen pretrained image encoder."""

@@ -29,8 +29,8 @@ import torch
 import yaml
 
 from vilearn.config import ConfigError, to_dict
+from vilearn.dit.build import build_denoiser
 from vilearn.dit.conditioner import build_conditioner
-from vilearn.dit.model import MMDiT
 from vilearn.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -104,7 +104,7 @@ def cached_features(config: TrainConfig, model: Denoiser) -> str | None:
 
 def build_model(config: TrainConfig) -> Denoiser:
     conditioner = build_conditioner(config.conditioner, context_in_dim=config.dit.context_in_dim)
-    dit = MMDiT(config.dit)
+    dit = build_denoiser(config.dit)
     dit.gradient_checkpointing = config.train.gradient_checkpointing
     return Denoiser(dit, conditioner)
 
@@ -151,7 +151,7 @@ def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], 
     factor = lr_factor(step, o.warmup_steps, config.total_steps, o.decay, o.min_lr_ratio)
     for group in optimizer.param_groups:
         group["lr"] = o.lr * factor
-    losses, per_sample, times = [], [], []
+    losses, per_sample, times, aux_losses = [], [], [], []
     grad_norm = torch.zeros(())
     for micro, batch in enumerate(batches):
         generator = torch.Generator().manual_seed(
@@ -164,7 +164,12 @@ def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], 
                 result = flow_matching_loss(
                     lambda x_t, t, cond, visible, g=generator: model(x_t, t, cond, visible, g),
                     x, cond, visible, timesteps=config.timesteps, generator=generator)
-            accelerator.backward(result.loss)
+                loss = result.loss
+                aux = bare_model(accelerator, model).auxiliary_loss()  # e.g. MoE load balancing
+                if aux is not None:
+                    loss = loss + aux
+                    aux_losses.append(aux.detach().float())
+            accelerator.backward(loss)
             if accelerator.sync_gradients and o.grad_clip > 0:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
             optimizer.step()
@@ -176,6 +181,8 @@ def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], 
     per_sample = accelerator.gather(torch.cat(per_sample)).float().cpu()
     times = accelerator.gather(torch.cat(times)).float().cpu()
     record = {"loss": float(per_sample.mean()), "lr": o.lr * factor, "grad_norm": float(grad_norm)}
+    if aux_losses:  # the denoiser's auxiliary loss, added to the flow loss above in backward
+        record["aux_loss"] = float(accelerator.gather(torch.stack(aux_losses)).mean())
     edges = (0.0, *BUCKETS, 1.0)
     for low, high in zip(edges[:-1], edges[1:]):
         inside = (times >= low) & (times < high)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hy3dgen_ref import hunyuan3ddit
+from vape_ref import permuted_outputs, random_visible, rotation_matrix
 from vilearn.config import ConfigError
 from vilearn.dit import (
     VAPE,
@@ -43,13 +44,6 @@ def inputs(batch=2, n=12, n_cond=5, channels=8, context=16, seed=1):
         torch.rand(batch, generator=g),
         torch.randn(batch, n_cond, context, generator=g),
     )
-
-
-def random_visible(batch, n, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    visible = torch.rand(batch, n, generator=g) < 0.4
-    visible[:, 0], visible[:, 1] = True, False  # both categories present
-    return visible
 
 
 @pytest.mark.hy3dgen
@@ -114,34 +108,15 @@ def test_permuting_tokens_with_mask_permutes_output(vape):
     if vape == "va-lpe":
         randomize(model.vape, seed=5)
     x, t, cond = inputs()
-    visible = random_visible(2, 12)
-    perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        out = model(x, t, cond, visible=visible)
-        out_perm = model(x[:, perm], t, cond, visible=visible[:, perm])
-    assert torch.allclose(out_perm, out[:, perm], atol=1e-5)
+    out_perm, perm_out = permuted_outputs(model, x, t, cond, random_visible(2, 12))
+    assert torch.allclose(out_perm, perm_out, atol=1e-5)
 
 
 def test_sequential_rope_depends_on_order():
     """The permutation test above can see order dependence: plain `rope` has it."""
     _, model = twin("rope")
-    x, t, cond = inputs()
-    perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        out, out_perm = model(x, t, cond), model(x[:, perm], t, cond)
-    assert (out_perm - out[:, perm]).abs().max() > 1e-3
-
-
-def rotation_matrix(position: float, dim: int, theta: float = 10_000.0) -> np.ndarray:
-    """Direct RoPE: block-diagonal 2x2 rotations of pairs (2j, 2j+1) by pos * theta^(-2j/dim)."""
-    r = np.zeros((dim, dim))
-    for j in range(dim // 2):
-        a = position * theta ** (-2 * j / dim)
-        r[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = [
-            [math.cos(a), -math.sin(a)],
-            [math.sin(a), math.cos(a)],
-        ]
-    return r
+    out_perm, perm_out = permuted_outputs(model, *inputs())
+    assert (out_perm - perm_out).abs().max() > 1e-3
 
 
 def qk_streams(n_cond=4, n=9, dim=16, seed=4):

@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 import vilearn.dit.plain as plain_module
+from vape_ref import permuted_outputs, random_visible, rotation_matrix
 from vilearn.config import ConfigError
 from vilearn.dit import (
     PlainDiT,
@@ -122,12 +123,6 @@ def inputs(batch=2, n=12, n_cond=5, seed=1):
             torch.randn(batch, n_cond, SMALL["context_dim"], generator=g))
 
 
-def random_visible(batch, n, seed=2):
-    visible = torch.rand(batch, n, generator=torch.Generator().manual_seed(seed)) < 0.4
-    visible[:, 0], visible[:, 1] = True, False
-    return visible
-
-
 @pytest.mark.parametrize("m", [0.0, 7.0])
 def test_va_rope_all_visible_equals_none(m):
     base, varope = twin("va-rope", vape_m=m)
@@ -142,22 +137,14 @@ def test_va_rope_all_visible_equals_none(m):
 @pytest.mark.parametrize("vape", ["none", "va-rope", "va-lpe"])
 def test_permuting_tokens_with_mask_permutes_output(vape):
     _, model = twin(vape)
-    x, t, cond = inputs()
-    visible = random_visible(2, 12)
-    perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        out = model(x, t, cond, visible=visible)
-        out_perm = model(x[:, perm], t, cond, visible=visible[:, perm])
-    torch.testing.assert_close(out_perm, out[:, perm], atol=1e-5, rtol=1e-5)
+    out_perm, perm_out = permuted_outputs(model, *inputs(), random_visible(2, 12))
+    torch.testing.assert_close(out_perm, perm_out, atol=1e-5, rtol=1e-5)
 
 
 def test_sequential_rope_depends_on_order():
     _, model = twin("rope")
-    x, t, cond = inputs()
-    perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        out, out_perm = model(x, t, cond), model(x[:, perm], t, cond)
-    assert (out_perm - out[:, perm]).abs().max() > 1e-3
+    out_perm, perm_out = permuted_outputs(model, *inputs())
+    assert (out_perm - perm_out).abs().max() > 1e-3
 
 
 def capture_attention(model: PlainDiT, monkeypatch, *args, **kwargs) -> list[dict]:
@@ -186,22 +173,13 @@ def capture_attention(model: PlainDiT, monkeypatch, *args, **kwargs) -> list[dic
     return calls
 
 
-def rotation_matrix(position: float, dim: int, theta: float = 10_000.0) -> torch.Tensor:
-    """Direct RoPE: block-diagonal 2x2 rotations of pairs (2j, 2j+1) by pos * theta^(-2j/dim)."""
-    r = torch.zeros(dim, dim, dtype=torch.float64)
-    for j in range(dim // 2):
-        a = position * theta ** (-2 * j / dim)
-        r[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = torch.tensor(
-            [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
-    return r
-
-
 def rotated(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """x (B, H, L, D) with token l of batch b turned by R(positions[b, l]) (positions (B, L))."""
     out = torch.empty_like(x)
     for b in range(x.shape[0]):
         for i in range(x.shape[2]):
-            out[b, :, i] = x[b, :, i] @ rotation_matrix(float(positions[b, i]), x.shape[-1]).T
+            rotation = torch.from_numpy(rotation_matrix(float(positions[b, i]), x.shape[-1]))
+            out[b, :, i] = x[b, :, i] @ rotation.T
     return out
 
 

@@ -21,6 +21,23 @@ VAPE_KINDS: tuple[str, ...] = ("none", "va-rope", "va-lpe", "rope")
 TimeEmbedding = Literal["hunyuan3d-2", "step1x-3d"]
 
 
+def check_heads_and_vape(config) -> None:
+    """What every denoiser config needs: heads that split the width into an even head_dim
+    (RoPE turns pairs), a known VAPE and a visible ratio in [0, 1]."""
+    if config.hidden_size % config.num_heads:
+        raise ValueError(
+            f"hidden_size {config.hidden_size} must be divisible by num_heads {config.num_heads}"
+        )
+    if config.head_dim % 2:
+        raise ValueError(
+            f"head_dim {config.head_dim} (hidden_size / num_heads) must be even for RoPE"
+        )
+    if config.vape not in VAPE_KINDS:
+        raise ValueError(f"vape {config.vape!r} is not one of {', '.join(VAPE_KINDS)}")
+    if not 0.0 <= config.visible_ratio <= 1.0:
+        raise ValueError(f"visible_ratio must be in [0, 1], got {config.visible_ratio!r}")
+
+
 @dataclass
 class DiTConfig:
     """Shape of the denoiser and its positional encoding.
@@ -86,18 +103,7 @@ class DiTConfig:
         for name in ("depth", "depth_single_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
-            )
-        if self.head_dim % 2:
-            raise ValueError(
-                f"head_dim {self.head_dim} (hidden_size / num_heads) must be even for RoPE"
-            )
-        if self.vape not in VAPE_KINDS:
-            raise ValueError(f"vape {self.vape!r} is not one of {', '.join(VAPE_KINDS)}")
-        if not 0.0 <= self.visible_ratio <= 1.0:
-            raise ValueError(f"visible_ratio must be in [0, 1], got {self.visible_ratio!r}")
+        check_heads_and_vape(self)
         if self.time_embedding not in ("hunyuan3d-2", "step1x-3d"):
             raise ValueError(f"time_embedding {self.time_embedding!r} is not one of hunyuan3d-2, "
                              "step1x-3d")
@@ -183,14 +189,7 @@ class PlainDiTConfig:
                      "num_experts", "moe_top_k"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
-            )
-        if self.head_dim % 2:
-            raise ValueError(
-                f"head_dim {self.head_dim} (hidden_size / num_heads) must be even for RoPE"
-            )
+        check_heads_and_vape(self)
         if not 0 <= self.num_moe_layers <= self.depth:
             raise ValueError(f"num_moe_layers must be in [0, depth={self.depth}], "
                              f"got {self.num_moe_layers}")
@@ -198,10 +197,6 @@ class PlainDiTConfig:
             raise ValueError(f"moe_top_k {self.moe_top_k} exceeds num_experts {self.num_experts}")
         if self.moe_aux_weight < 0:
             raise ValueError(f"moe_aux_weight must be >= 0, got {self.moe_aux_weight!r}")
-        if self.vape not in VAPE_KINDS:
-            raise ValueError(f"vape {self.vape!r} is not one of {', '.join(VAPE_KINDS)}")
-        if not 0.0 <= self.visible_ratio <= 1.0:
-            raise ValueError(f"visible_ratio must be in [0, 1], got {self.visible_ratio!r}")
 
     @property
     def head_dim(self) -> int:

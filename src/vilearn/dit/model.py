@@ -10,16 +10,16 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from vilearn.dit.base import VelocityModel
 from vilearn.dit.config import DiTConfig
 from vilearn.dit.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock
 from vilearn.dit.loading import denoiser_state, load_strict
 from vilearn.dit.math import timestep_embedding
-from vilearn.dit.vape import VAPE, fixed_partition
+from vilearn.dit.vape import VAPE
 
 
-class MMDiT(nn.Module):
+class MMDiT(VelocityModel):
     """Velocity model v(x_t, t | image tokens, visibility); flow convention: ``vilearn.flow``."""
 
     def __init__(self, config: DiTConfig, init: bool = True):
@@ -43,7 +43,6 @@ class MMDiT(nn.Module):
         )
         self.final_layer = LastLayer(width, config.in_channels)
         self.vape = VAPE(config)
-        self.gradient_checkpointing = False  # recompute each block in backward (saves memory)
         if init:
             self.initialize_weights()
 
@@ -122,29 +121,6 @@ class MMDiT(nn.Module):
         # hy3dgen passes its time_factor positionally, i.e. as max_period; t is scaled by 1000.
         # Kept as is: Hunyuan3D-2 weights were trained with this embedding.
         return timestep_embedding(t, 256, self.config.time_factor)
-
-    def _run(self, block: nn.Module, *args):
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
-    def inference_visibility(self, batch: int, n_tokens: int, device=None) -> Tensor | None:
-        """The paper's fixed partition for sampling (first ceil(N * r) visible), or None when
-        this model's VAPE ignores visibility. -> (batch, n_tokens) bool."""
-        if self.config.vape in ("none", "rope"):
-            return None
-        return fixed_partition(n_tokens, self.config.visible_ratio, batch, device=device)
-
-    def _check_inputs(self, x: Tensor, t: Tensor, cond: Tensor) -> None:
-        c = self.config
-        if x.dim() != 3 or x.shape[-1] != c.in_channels:
-            raise ValueError(f"x must be (B, N, {c.in_channels}), got {tuple(x.shape)}")
-        if cond.dim() != 3 or cond.shape[-1] != c.context_in_dim or cond.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"cond must be ({x.shape[0]}, L_c, {c.context_in_dim}), got {tuple(cond.shape)}"
-            )
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be ({x.shape[0]},), got {tuple(t.shape)}")
 
     def load_hunyuan3d_state_dict(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Load a ``Hunyuan3DDiT`` state dict strictly; VAPE's own parameters may be absent.

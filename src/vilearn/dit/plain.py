@@ -22,13 +22,13 @@ from collections.abc import Mapping
 import torch
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from vilearn.dit.base import VelocityModel
 from vilearn.dit.config import PlainDiTConfig
 from vilearn.dit.loading import denoiser_state, load_strict
 from vilearn.dit.math import attention, timestep_embedding
 from vilearn.dit.moe import MoEBlock
-from vilearn.dit.vape import VAPE, Code, Encoding, fixed_partition, unchanged
+from vilearn.dit.vape import VAPE, Code, Encoding, unchanged
 
 
 def heads_first(x: Tensor, parts: int, num_heads: int) -> tuple[Tensor, ...]:
@@ -153,7 +153,7 @@ class FinalLayer(nn.Module):
         return self.linear(self.norm_final(x)[:, 1:])
 
 
-class PlainDiT(nn.Module):
+class PlainDiT(VelocityModel):
     """Velocity model v(x_t, t | image tokens, visibility), cross-attention DiT.
 
     After a forward in training mode, ``aux_loss`` holds the weighted MoE load-balancing loss
@@ -173,7 +173,6 @@ class PlainDiT(nn.Module):
         )
         self.final_layer = FinalLayer(width, c.in_channels)
         self.vape = VAPE(config, layers=2 * c.depth)  # per block: self-, then cross-attention
-        self.gradient_checkpointing = False
         self.aux_loss: Tensor | None = None
         if init:
             self.initialize_weights()
@@ -219,29 +218,6 @@ class PlainDiT(nn.Module):
         self.aux_loss = (self.config.moe_aux_weight * torch.stack(aux_losses).sum()
                          if aux_losses else None)
         return self.final_layer(tokens)  # (B, N, C)
-
-    def _run(self, block: nn.Module, *args):
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
-    def inference_visibility(self, batch: int, n_tokens: int, device=None) -> Tensor | None:
-        """The paper's fixed partition for sampling (first ceil(N * r) visible), or None when
-        this model's VAPE ignores visibility. -> (batch, n_tokens) bool."""
-        if self.config.vape in ("none", "rope"):
-            return None
-        return fixed_partition(n_tokens, self.config.visible_ratio, batch, device=device)
-
-    def _check_inputs(self, x: Tensor, t: Tensor, cond: Tensor) -> None:
-        c = self.config
-        if x.dim() != 3 or x.shape[-1] != c.in_channels:
-            raise ValueError(f"x must be (B, N, {c.in_channels}), got {tuple(x.shape)}")
-        if cond.dim() != 3 or cond.shape[-1] != c.context_dim or cond.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"cond must be ({x.shape[0]}, L_c, {c.context_dim}), got {tuple(cond.shape)}"
-            )
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be ({x.shape[0]},), got {tuple(t.shape)}")
 
     def load_hunyuan3d_state_dict(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Load a ``HunYuanDiTPlain`` state dict strictly; VAPE's own parameters may be absent.

@@ -87,3 +87,21 @@ def test_time_embedding_errors_name_the_key():
         dit_config("step1x-3d", guidance_embed=True)
     with pytest.raises(ConfigError, match="time_embedding"):
         dit_config("tiny", time_embedding="flux")
+
+
+def test_load_released_picks_the_layout_from_the_config():
+    from vilearn.dit import PlainDiT, load_released, plain_dit_config
+
+    small, weights, ref = read_fixture()
+    step1x = MMDiT(dit_config("step1x-3d", **small)).eval()
+    assert load_released(step1x, weights) == []
+    with torch.no_grad():
+        torch.testing.assert_close(step1x(ref["x"], ref["t"], ref["cond"]), -ref["prediction"],
+                                   atol=2e-5, rtol=1e-5)
+    hunyuan = MMDiT(dit_config("tiny"))
+    assert load_released(hunyuan, {"model": MMDiT(dit_config("tiny")).state_dict()}) == []
+    plain = PlainDiT(plain_dit_config("tiny", vape="va-lpe"))
+    left = load_released(plain, PlainDiT(plain_dit_config("tiny")).state_dict())
+    assert sorted(left) == ["vape.invisible_embed", "vape.visible_embed"]
+    with pytest.raises(ValueError, match="unexpected"):
+        load_released(hunyuan, weights)

@@ -5,7 +5,7 @@ and the cross-attention DiT (``PlainDiT``, Hunyuan3D-2.1's ``HunYuanDiTPlain``);
 ``build_denoiser`` picks one from its config.
 """
 
-from vilearn.dit.build import build_denoiser
+from vilearn.dit.build import build_denoiser, load_released
 from vilearn.dit.conditioner import ConditionerConfig, ImageConditioner, build_conditioner
 from vilearn.dit.config import (
     PLAIN_PRESETS,
@@ -42,6 +42,7 @@ __all__ = [
     "denoiser_state",
     "dit_config",
     "fixed_partition",
+    "load_released",
     "load_strict",
     "mask_from_indices",
     "plain_dit_config",

@@ -15,6 +15,9 @@ class VelocityModel(nn.Module):
     ``vape`` and ``visible_ratio``."""
 
     gradient_checkpointing = False  # recompute each block in backward (saves memory)
+    # An auxiliary training loss of the last training-mode forward, for the trainer to add
+    # (the cross-attention DiT's MoE load balancing); None when the model has none.
+    aux_loss: Tensor | None = None
 
     def _run(self, block: nn.Module, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

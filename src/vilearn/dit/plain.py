@@ -173,7 +173,6 @@ class PlainDiT(VelocityModel):
         )
         self.final_layer = FinalLayer(width, c.in_channels)
         self.vape = VAPE(config, layers=2 * c.depth)  # per block: self-, then cross-attention
-        self.aux_loss: Tensor | None = None
         if init:
             self.initialize_weights()
 

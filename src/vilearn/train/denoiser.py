@@ -35,7 +35,7 @@ class Denoiser(nn.Module):
     def auxiliary_loss(self) -> Tensor | None:
         """The denoiser's auxiliary training loss from the last forward (the cross-attention
         DiT's weighted MoE load balancing), or None; taken once, so the graph is not kept."""
-        loss, self.dit.aux_loss = getattr(self.dit, "aux_loss", None), None
+        loss, self.dit.aux_loss = self.dit.aux_loss, None
         return loss
 
     def trainable_state(self) -> dict[str, Tensor]:

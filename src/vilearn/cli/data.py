@@ -95,7 +95,16 @@ def inspect(
                               "min {min:.4g}  max {max:.4g}".format(**described))
         for reason, n in sorted(stats.reasons.items(), key=lambda item: -item[1]):
             table.add_row("failed", f"{n} x {reason}")
+        table.add_row("made watertight", str(stats.watertight))
+        table.add_row("with loading warnings", str(stats.with_warnings))
+        for license, n in sorted(stats.licenses.items(), key=lambda item: -item[1]):
+            table.add_row("licence", f"{n} x {license}")
         console.print(table)
+        if stats.attributions:
+            console.print(f"Attribution required ({sum(1 for _ in stats.attributions)} creators;"
+                          f" per model in {Path(dataset) / 'CREDITS'}):")
+            for line in stats.attributions:
+                console.print(f"  {line}", markup=False, highlight=False)
     if stats.ok:
         path = contact_sheet(data, sheet or Path(dataset) / "contact_sheet.png", count=count)
         console.print(f"contact sheet: {path}")

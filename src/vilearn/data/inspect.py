@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from vilearn.data.camera import Camera
 from vilearn.data.dataset import PreparedDataset
 from vilearn.data.prepare import reason_kind
+from vilearn.data.sweethome3d import is_attribution_license
 from vilearn.io import write_png
 
 
@@ -26,6 +27,10 @@ class DatasetStats:
     faces: dict[str, float] = field(default_factory=dict)
     inside_fraction: dict[str, float] = field(default_factory=dict)
     visible_count: dict[str, float] = field(default_factory=dict)
+    watertight: int = 0
+    with_warnings: int = 0
+    licenses: dict[str, int] = field(default_factory=dict)
+    attributions: list[str] = field(default_factory=list)
 
 
 def _describe(values: list[float]) -> dict[str, float]:
@@ -40,8 +45,9 @@ def _describe(values: list[float]) -> dict[str, float]:
 def dataset_stats(data: PreparedDataset) -> DatasetStats:
     """Counts, failure reasons and point/view statistics from the manifest alone."""
     stats = DatasetStats()
-    splits, reasons = Counter(), Counter()
+    splits, reasons, licenses = Counter(), Counter(), Counter()
     faces, inside, visible = [], [], []
+    credited: dict[tuple[str, str, str], list[str]] = {}
     for row in data.rows(status=None):
         stats.shapes += 1
         if row["status"] != "ok":
@@ -54,7 +60,18 @@ def dataset_stats(data: PreparedDataset) -> DatasetStats:
         faces.append(row["faces"])
         inside.append(row["inside_fraction"])
         visible.extend(row["visible_counts"])
-    stats.splits, stats.reasons = dict(splits), dict(reasons)
+        stats.watertight += bool(row.get("watertight"))
+        stats.with_warnings += bool(row.get("warnings"))
+        meta = row.get("meta") or {}
+        if meta.get("license"):
+            licenses[meta["license"]] += 1
+        if is_attribution_license(meta.get("license", "")):
+            who = meta.get("original_author") or meta.get("creator") or "unknown author"
+            key = (who, meta.get("catalog", ""), meta["license"])
+            credited.setdefault(key, []).append(meta.get("name", row["id"]))
+    stats.splits, stats.reasons, stats.licenses = dict(splits), dict(reasons), dict(licenses)
+    stats.attributions = [f"{who} ({catalog}; {license}): {', '.join(sorted(names))}"
+                          for (who, catalog, license), names in sorted(credited.items())]
     stats.faces, stats.inside_fraction = _describe(faces), _describe(inside)
     stats.visible_count = _describe(visible)
     return stats

@@ -4,9 +4,12 @@
 DATASET/
   dataset.json                  the resolved PrepareConfig and the format version
   manifest.jsonl                one row per shape, sorted by id (see ``ShapeRecord``)
+  CREDITS                       attributions the prepared models' licences require (sources that
+                                know them, e.g. ``sweethome3d:``)
   shapes/<id>/record.json       the shape's manifest row; written last, it marks the shape done
   shapes/<id>/mesh.npz          the normalised mesh: vertices (V, 3) float32, faces (F, 3) int32,
-                                face_colors (F, 3) uint8
+                                face_colors (F, 3) uint8 (the watertight offset surface when the
+                                record says ``watertight``; views always show the asset itself)
   shapes/<id>/surface.npz       points (S, 3) float32, normals (S, 3) float32
   shapes/<id>/occupancy.npz     uniform_points (U, 3), uniform_labels (U,) bool,
                                 near_points (M, 3), near_labels (M,) bool
@@ -39,6 +42,10 @@ class DatasetLayout:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.jsonl"
+
+    @property
+    def credits(self) -> Path:
+        return self.root / "CREDITS"
 
     def shape_dir(self, shape_id: str) -> Path:
         return self.root / "shapes" / shape_id

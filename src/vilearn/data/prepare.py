@@ -21,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vilearn.config import ConfigError, to_dict
+from vilearn.config import ConfigError, from_dict, to_dict
+from vilearn.data.appearance import Appearance, barycentric
 from vilearn.data.camera import Camera, fit_distance, orbit_camera
+from vilearn.data.inside import winding_numbers
 from vilearn.data.layout import FORMAT_VERSION, DatasetLayout
-from vilearn.data.mesh import MeshError, Source, iter_sources, load_mesh, normalize, validate
+from vilearn.data.mesh import Mesh, MeshError, Source, iter_sources, load_source, normalize, validate
 from vilearn.data.render import Raycaster
 from vilearn.data.sampling import occupancy_samples, sample_surface
+from vilearn.data.watertight import WatertightConfig, watertight_mesh
 from vilearn.io import read_json, write_json, write_npz, write_png, write_text
 
 
@@ -70,6 +73,7 @@ class PrepareConfig:
     val_fraction: float = 0.05
     seed: int = 0
     views: ViewConfig = field(default_factory=ViewConfig)
+    watertight: WatertightConfig = field(default_factory=WatertightConfig)
 
     def __post_init__(self):
         if min(self.surface_points, self.uniform_points, self.near_points) < 1:
@@ -78,6 +82,9 @@ class PrepareConfig:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+AMBIGUITY_POINTS = 2000  # near-surface points whose winding numbers judge whether a mesh is closed
 
 
 def shape_rng(seed: int, shape_id: str, stream: str) -> np.random.Generator:
@@ -120,13 +127,20 @@ class JobResult:
 def _base_record(source: Source, config: PrepareConfig) -> dict:
     return {
         "id": source.id,
-        "source": str(source.path),
+        "source": source.location,
         "split": split_of(source.id, config.val_fraction),
+        **({"meta": source.meta} if source.meta else {}),
     }
 
 
 def process_shape(source: Source, layout: DatasetLayout, config: PrepareConfig) -> JobResult:
-    """Prepare one shape; failures become a 'failed' record with the reason, never an exception."""
+    """Prepare one shape; failures become a 'failed' record with the reason, never an exception.
+
+    The geometry that surface samples, occupancy and the stored mesh come from is the asset's
+    own, or its watertight offset surface (``vilearn.data.watertight``) when the inside test finds
+    no volume in it (``watertight.mode: auto``) or always (``always``); the views are rendered from
+    the asset itself, with its materials and textures.
+    """
     timings: dict[str, float] = {}
     record = _base_record(source, config)
     shape_dir = layout.shape_dir(source.id)
@@ -134,29 +148,25 @@ def process_shape(source: Source, layout: DatasetLayout, config: PrepareConfig) 
         shutil.rmtree(shape_dir)
     try:
         clock = time.perf_counter()
-        mesh = load_mesh(source.path, source.color)
+        mesh = load_source(source)
         validate(mesh, config.max_faces, config.min_thickness)
         mesh, normalization = normalize(mesh, config.margin)
-        write_npz(layout.mesh(source.id), compress=True, vertices=mesh.vertices.astype(np.float32),
-                  faces=mesh.faces.astype(np.int32), face_colors=mesh.face_rgb())
         timings["load"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        rng = shape_rng(config.seed, source.id, "points")
-        points, normals = sample_surface(mesh.vertices, mesh.faces, config.surface_points, rng)
-        write_npz(layout.surface(source.id), points=points, normals=normals)
-        timings["sampling"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        occupancy = occupancy_samples(
-            mesh.vertices, mesh.faces, points, config.uniform_points,
-            config.near_points, config.near_sigmas, rng,
-        )
-        inside_fraction = float(occupancy["uniform_labels"].mean())
-        if occupancy["uniform_labels"].sum() == 0 and occupancy["near_labels"].sum() == 0:
+        geometry, watertight = mesh, None
+        if config.watertight.mode == "always":
+            geometry, watertight = _watertight(source.id, mesh, config, "always", timings), "always"
+        points, normals, occupancy = _samples(source.id, geometry, config, timings)
+        if watertight is None and (why := _needs_watertight(geometry, occupancy, config.watertight)):
+            geometry, watertight = _watertight(source.id, mesh, config, why, timings), why
+            points, normals, occupancy = _samples(source.id, geometry, config, timings)
+        if _no_volume(occupancy):
             raise MeshError("no volume: no query point is inside (open sheet or degenerate mesh)")
+        write_npz(layout.mesh(source.id), compress=True, vertices=geometry.vertices.astype(np.float32),
+                  faces=geometry.faces.astype(np.int32), face_colors=geometry.face_rgb())
+        write_npz(layout.surface(source.id), points=points, normals=normals)
         write_npz(layout.occupancy(source.id), **occupancy)
-        timings["inside"] = time.perf_counter() - clock
+        inside_fraction = float(occupancy["uniform_labels"].mean())
 
         clock = time.perf_counter()
         visible_counts = _render_views(source.id, mesh, layout, config)
@@ -175,15 +185,72 @@ def process_shape(source: Source, layout: DatasetLayout, config: PrepareConfig) 
         inside_fraction=round(inside_fraction, 6),
         views=len(visible_counts),
         visible_counts=visible_counts,
+        warnings=mesh.warnings,
+        watertight=None if watertight is None else {"why": watertight, "faces": len(geometry.faces)},
     )
     return _finish(layout, source, record, timings)
+
+
+def _no_volume(occupancy: dict[str, np.ndarray]) -> bool:
+    return not occupancy["uniform_labels"].any() and not occupancy["near_labels"].any()
+
+
+def _needs_watertight(mesh: Mesh, occupancy: dict[str, np.ndarray], config: WatertightConfig) -> str:
+    """Why ``auto`` remeshes this shape ("" when it does not); see ``WatertightConfig``."""
+    if config.mode != "auto":
+        return ""
+    if _no_volume(occupancy):
+        return "no volume"
+    near = float(occupancy["near_labels"].mean())
+    if near < config.auto_near_inside:
+        return f"almost no volume: {near:.1%} of near-surface points inside < {config.auto_near_inside:.0%}"
+    if config.auto_max_ambiguous < 1.0:
+        near_points = occupancy["near_points"][:AMBIGUITY_POINTS]
+        winding = np.abs(winding_numbers(mesh.vertices, mesh.faces, near_points))
+        ambiguous = float(((winding > 0.2) & (winding < 0.8)).mean())
+        if ambiguous > config.auto_max_ambiguous:
+            return (f"open surface: {ambiguous:.0%} of near-surface points have ambiguous winding numbers"
+                    f" > {config.auto_max_ambiguous:.0%}")
+    return ""
+
+
+def _samples(shape_id: str, geometry: Mesh, config: PrepareConfig, timings: dict):
+    """Surface samples (S, 3) + normals (S, 3) and occupancy supervision of one geometry."""
+    clock = time.perf_counter()
+    rng = shape_rng(config.seed, shape_id, "points")
+    points, normals = sample_surface(geometry.vertices, geometry.faces, config.surface_points, rng)
+    timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - clock
+    clock = time.perf_counter()
+    occupancy = occupancy_samples(
+        geometry.vertices, geometry.faces, points, config.uniform_points,
+        config.near_points, config.near_sigmas, rng,
+    )
+    timings["inside"] = timings.get("inside", 0.0) + time.perf_counter() - clock
+    return points, normals, occupancy
+
+
+def _watertight(shape_id: str, mesh: Mesh, config: PrepareConfig, why: str, timings: dict) -> Mesh:
+    """The closed offset surface of ``mesh``, coloured from the nearest point of the asset."""
+    import igl
+
+    clock = time.perf_counter()
+    rng = shape_rng(config.seed, shape_id, "watertight")
+    vertices, faces = watertight_mesh(mesh.vertices, mesh.faces, config.watertight, rng)
+    if len(faces) == 0:
+        raise MeshError(f"watertight ({why}): the offset surface is empty")
+    centroids = vertices[faces].mean(axis=1)
+    _, nearest, closest = igl.point_mesh_squared_distance(centroids, mesh.vertices, mesh.faces)
+    weights = barycentric(closest, mesh.vertices[mesh.faces[nearest]])
+    colors = np.clip(np.rint(mesh.colors().color_at(nearest, weights)), 0, 255).astype(np.uint8)
+    timings["watertight"] = time.perf_counter() - clock
+    return Mesh(vertices, faces, Appearance(faces, colors))
 
 
 def _render_views(shape_id: str, mesh, layout: DatasetLayout, config: PrepareConfig) -> list[int]:
     view_config = config.views
     radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
     cameras = view_cameras(view_config, radius, shape_rng(config.seed, shape_id, "cameras"))
-    raycaster = Raycaster(mesh.vertices, mesh.faces, mesh.face_rgb())
+    raycaster = Raycaster(mesh.vertices, mesh.faces, mesh.colors())
     subsample_rng = shape_rng(config.seed, shape_id, "visible")
     counts = []
     for index, camera in enumerate(cameras):
@@ -224,7 +291,6 @@ def _load_done(layout: DatasetLayout, source: Source) -> dict | None:
 
 def _job(args: tuple[Source, str, dict]) -> JobResult:
     source, root, config_dict = args
-    from vilearn.config import from_dict
 
     config = from_dict(PrepareConfig, config_dict)
     return process_shape(source, DatasetLayout(root), config)
@@ -255,6 +321,10 @@ def _check_dataset_config(layout: DatasetLayout, config: PrepareConfig) -> None:
     wanted = {"format_version": FORMAT_VERSION, "prepare": to_dict(config)}
     if layout.config.is_file():
         existing = read_json(layout.config)
+        try:  # settings added since the dataset was made take their defaults
+            existing["prepare"] = to_dict(from_dict(PrepareConfig, existing.get("prepare")))
+        except ConfigError:
+            pass
         if existing != wanted:
             raise ConfigError(
                 f"{layout.root}: already prepared with different settings (dataset.json);"
@@ -320,8 +390,18 @@ def prepare_dataset(
                 last_flush = time.perf_counter()
     finally:
         write_manifest(layout.manifest, rows.values())
+        _write_credits(layout, rows.values())
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _write_credits(layout: DatasetLayout, rows: Iterable[dict]) -> None:
+    """``CREDITS``: the attributions the dataset's prepared models require (sources with ``meta``)."""
+    from vilearn.data.sweethome3d import credits_text
+
+    credited = [row for row in rows if row.get("status") == "ok" and row.get("meta")]
+    if credited:
+        write_text(layout.credits, credits_text(credited))
 
 
 def reason_kind(reason: str) -> str:

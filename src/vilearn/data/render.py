@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
+from vilearn.data.appearance import Appearance, barycentric
 from vilearn.data.camera import Camera
 
 
@@ -33,10 +34,12 @@ class ViewRender:
 class Raycaster:
     """First-hit ray casting against one mesh with Embree; build once, cast many views.
 
-    vertices (V, 3), faces (F, 3); ``face_rgb`` (F, 3) uint8 base colours (grey if None).
+    vertices (V, 3), faces (F, 3); ``colors``: an ``Appearance`` (materials, UV textures, vertex
+    colours: evaluated at each hit), or (F, 3) uint8 flat face colours, or None for grey.
     """
 
-    def __init__(self, vertices: np.ndarray, faces: np.ndarray, face_rgb: np.ndarray | None = None):
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray,
+                 colors: Appearance | np.ndarray | None = None):
         from embreex import rtcore_scene
         from embreex.mesh_construction import TriangleMesh
 
@@ -44,9 +47,11 @@ class Raycaster:
         self.faces = np.asarray(faces, np.int64)
         self.mesh = trimesh.Trimesh(self.vertices, self.faces, process=False)
         self.face_normals = np.asarray(self.mesh.face_normals, np.float64)
-        self.face_rgb = (
-            np.full((len(faces), 3), 178, np.uint8) if face_rgb is None else np.asarray(face_rgb)
-        )
+        if colors is None:
+            colors = Appearance.flat(self.faces)
+        elif not isinstance(colors, Appearance):
+            colors = Appearance(self.faces, np.asarray(colors, np.uint8))
+        self.appearance = colors
         # Embree (through embreex) finds the first triangle along each ray; the hit point is
         # then computed in float64 from that triangle's plane, so it lies exactly on the mesh.
         self.scene = rtcore_scene.EmbreeScene()
@@ -65,7 +70,8 @@ class Raycaster:
         return faces, rays, o + t[:, None] * d
 
     def render(self, camera: Camera, ambient: float = 0.35, diffuse: float = 0.65) -> ViewRender:
-        """Render ``camera``'s view with a headlight (Lambertian + ambient) on a white background."""
+        """Render ``camera``'s view with a headlight (Lambertian + ambient) on a white background;
+        the surface colour at each hit comes from the appearance (texture at the hit's UV)."""
         h, w = camera.height, camera.width
         origins, directions = camera.pixel_rays()
         faces, rays, hits = self.first_hits(origins, directions)
@@ -73,7 +79,9 @@ class Raycaster:
         # Two-sided Lambert with the light at the eye: thin or inverted faces still shade.
         shade = ambient + diffuse * np.abs((normals * directions[rays]).sum(axis=1))
         rgb = np.full((h * w, 3), 255, np.uint8)
-        rgb[rays] = np.clip(self.face_rgb[faces] * shade[:, None], 0, 255).astype(np.uint8)
+        weights = barycentric(hits, self.vertices[self.faces[faces]])
+        base = self.appearance.color_at(faces, weights)
+        rgb[rays] = np.clip(base * shade[:, None], 0, 255).astype(np.uint8)
         mask = np.zeros(h * w, bool)
         mask[rays] = True
         depth = np.zeros(h * w, np.float32)

@@ -65,21 +65,21 @@ def cache_features_command(
 
     from vilearn.cli.progress import ShapeTicker, progress_bar
     from vilearn.data.dataset import PreparedDataset
-    from vilearn.dit.conditioner import build_conditioner
-    from vilearn.train.features import cache_features, features_dir
+    from vilearn.dit.conditioner import FROZEN_KINDS, build_conditioner
+    from vilearn.train.features import cache_features, encoder_identity, features_dir
 
     config = conditioner_config(conditioner, model, image_size)
-    if config.kind != "dinov2":
+    if config.kind not in FROZEN_KINDS:
         raise fail(f"conditioner kind {config.kind!r} trains jointly: only a frozen encoder "
-                   "(kind dinov2) has features to cache")
+                   f"({', '.join(FROZEN_KINDS)}) has features to cache")
     try:
         shapes = len(PreparedDataset(dataset).ids())
         frozen = build_conditioner(config).to(device)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise fail(str(error)) from error
     with progress_bar() as bar:
-        tick = ShapeTicker(bar, bar.add_task(f"cache-features ({config.model})", total=shapes, failed=0,
-                                             rate=""), fresh="cached")
+        label = f"cache-features ({encoder_identity(frozen)})"
+        tick = ShapeTicker(bar, bar.add_task(label, total=shapes, failed=0, rate=""), fresh="cached")
         try:
             name, summary = cache_features(dataset, frozen, batch=batch, dtype=dtype,
                                            on_shape=lambda shape_id, outcome: tick(outcome))

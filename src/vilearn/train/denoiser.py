@@ -40,13 +40,13 @@ class Denoiser(nn.Module):
 
     def trainable_state(self) -> dict[str, Tensor]:
         """The state worth saving: everything but a frozen pretrained image encoder."""
-        frozen = self.conditioner.config.kind == "dinov2"
+        frozen = self.conditioner.frozen
         return {k: v for k, v in self.state_dict().items()
                 if not (frozen and k.startswith("conditioner.encoder."))}
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
-        frozen = self.conditioner.config.kind == "dinov2"
+        frozen = self.conditioner.frozen
         missing = [k for k in missing if not (frozen and k.startswith("conditioner.encoder."))]
         if missing or unexpected:
             raise KeyError(f"checkpoint does not fit the model: missing {missing[:3]}, "

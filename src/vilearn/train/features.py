@@ -59,9 +59,21 @@ def feature_name(model: str, image_size: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', base).strip('-.') or 'model'}-{image_size}"
 
 
+def encoder_identity(conditioner: ImageConditioner) -> str:
+    """What made the tokens: a DINOv2's folder or hub id; an EfficientNet-Lite's kind and maps
+    (``efficientnet-lite0:stage5``)."""
+    config = conditioner.config
+    if config.kind == "dinov2":
+        return model_identity(config.model)
+    return f"{config.kind}:{'+'.join(config.features)}"
+
+
 def conditioner_feature_name(conditioner: ImageConditioner) -> str:
-    """``feature_name``, plus ``-uncropped`` when the conditioner keeps the camera's framing."""
-    name = feature_name(conditioner.config.model, conditioner.image_size)
+    """``feature_name``, plus ``-uncropped`` when the conditioner keeps the camera's framing;
+    EfficientNet-Lite: ``efficientnet-lite0-stage5-224``."""
+    config = conditioner.config
+    model = config.model if config.kind == "dinov2" else f"{config.kind}-{'-'.join(config.features)}"
+    name = feature_name(model, conditioner.image_size)
     return name if conditioner.crop else f"{name}-uncropped"
 
 
@@ -111,7 +123,7 @@ def is_complete(path: Path, num_views: int) -> bool:
 
 def info(conditioner: ImageConditioner, dtype: str) -> dict:
     """What a features folder was made with (``info.json``)."""
-    return {"model": model_identity(conditioner.config.model), "image_size": conditioner.image_size,
+    return {"model": encoder_identity(conditioner), "image_size": conditioner.image_size,
             "tokens": conditioner.n_tokens, "width": conditioner.out_dim, "dtype": dtype,
             "crop": conditioner.crop}
 
@@ -122,9 +134,9 @@ def check_features(root: str | Path, conditioner: ImageConditioner) -> str:
     path = features_dir(root, name) / "info.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path.parent}: no cached features for {conditioner.config.model!r} at "
-            f"{conditioner.image_size} px (run 'vilearn cache-features {root} "
-            f"--model {conditioner.config.model} --image-size {conditioner.image_size}' first)")
+            f"{path.parent}: no cached features for {encoder_identity(conditioner)!r} at "
+            f"{conditioner.image_size} px (run 'vilearn cache-features {root} --conditioner "
+            f"TRAIN_CONFIG' with this run's conditioner section first)")
     stored, expected = read_json(path), info(conditioner, "")
     stored.setdefault("crop", True)  # folders written before the crop switch were cropped
     for key in ("model", "image_size", "tokens", "width", "crop"):
@@ -175,9 +187,9 @@ def cache_features(root: str | Path, conditioner: ImageConditioner, batch: int =
     view file, no usable view) is recorded with its reason and the others go on.
     ``on_shape(id, outcome)`` is called per shape with "cached", "skipped" or "failed".
     """
-    if conditioner.config.kind != "dinov2":
+    if not conditioner.frozen:
         raise ValueError(f"conditioner kind {conditioner.config.kind!r} trains jointly: only a "
-                         "frozen encoder (kind dinov2) has features to cache")
+                         "frozen encoder (dinov2, efficientnet-lite*) has features to cache")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if batch < 1:

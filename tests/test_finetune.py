@@ -1,0 +1,179 @@
+"""Fine-tuning Hunyuan3D-2.0 from its released layout, in full and with LoRA (peft): tiny random
+weights saved as released (tests/released.py), loaded, trained a few steps, resumed exactly,
+sampled, and exported back; checked against hy3dgen's own Hunyuan3DDiT and peft's own loader."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import released
+from vilearn.cli import app
+from vilearn.config import ConfigError, load_config
+from vilearn.engine.checkpoint import latest_checkpoint, load_checkpoint
+from vilearn.train.config import TrainConfig
+from vilearn.train.trainer import build_model, train
+
+pytestmark = pytest.mark.hy3dgen
+TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, tiny_prepare_config):
+    """The released folders, and six shapes encoded and grouped with the released VAE."""
+    import dataclasses
+
+    from vilearn.data.prepare import prepare_dataset
+    from vilearn.grouping.run import group_dataset
+    from vilearn.vae import load_vae
+    from vilearn.vae.encode import encode_dataset
+
+    root = tmp_path_factory.mktemp("hub")
+    paths = released.save_hunyuan3d_20(root / "hub")
+    config = dataclasses.replace(tiny_prepare_config, val_fraction=0.34)
+    assert prepare_dataset("pybullet:random_urdfs", root / "data", config, limit=6).ok == 6
+    vae = load_vae(paths["vae"])
+    name = paths["vae"].name
+    encode_dataset(root / "data", vae, name, [TOKENS])
+    group_dataset(root / "data", vae, name, [TOKENS])
+    return {**paths, "data": root / "data", "root": root}
+
+
+def finetune_config(hub, tmp_path: Path, *overrides: str) -> TrainConfig:
+    model = json.dumps({**released.MODEL, "vape": "none"})
+    return load_config(TrainConfig, "finetune-hunyuan3d-2.0", [
+        f"dataset={hub['data']}", f"vae={hub['vae']}", f"init.dit={hub['dit']}",
+        f"conditioner.model={hub['dinov2']}", f"conditioner.image_size={released.IMAGE}",
+        f"model={model}", f"stages=[{{tokens: {TOKENS}, steps: 4, batch_size: 2}}]",
+        "train.precision=auto", "train.workers=0", "train.log_every=1", "train.ckpt_every=2",
+        "train.gradient_checkpointing=false", "val.every=0", "val.sample_every=0", "optim.lr=1.0e-3",
+        "optim.warmup_steps=1", *overrides])
+
+
+def inputs(seed=0, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, TOKENS, 8, generator=g), torch.rand(batch, generator=g),
+            torch.randn(batch, 5, 32, generator=g))
+
+
+def reference_from(weights: Path):
+    """hy3dgen's Hunyuan3DDiT with a released checkpoint's model part, as hy3dgen loads it."""
+    return released.reference_dit(released.released_parts(weights)["model"])
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "grad_norm" in r]
+
+
+def test_the_released_folder_loads_exactly(hub, tmp_path):
+    config = finetune_config(hub, tmp_path)
+    assert config.stages[0].tokens == TOKENS and config.latent_norm == "vae"
+    model = build_model(config).eval()
+    assert model.init_report["new"] == [] and model.init_report["conditioner"]
+    reference = reference_from(hub["dit"] / "model.fp16.safetensors")
+    x, t, cond = inputs()
+    with torch.no_grad():
+        expected = reference(x, t, {"main": cond})
+        assert (model.dit(x, t, cond) - expected).abs().max() < 1e-5 * expected.abs().max()
+    # the image encoder is the checkpoint's DINOv2, not conditioner.model's
+    parts = released.released_parts(hub["dit"] / "model.fp16.safetensors")["conditioner"]
+    key = "embeddings.patch_embeddings.projection.weight"
+    assert torch.equal(model.conditioner.encoder.model.state_dict()[key],
+                       parts[f"main_image_encoder.model.{key}"].float())
+
+
+def test_lora_trains_only_adapters_and_vape(hub, tmp_path):
+    config = finetune_config(hub, tmp_path, "train.lora={rank: 4, alpha: 8, targets: [attention, mlp]}",
+                             f"model={json.dumps({**released.MODEL, 'vape': 'va-lpe'})}")
+    model = build_model(config)
+    trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert sorted(model.init_report["new"]) == ["vape.invisible_embed", "vape.visible_embed"]
+    assert [n for n in trained if ".lora_" not in n] == ["dit.vape.invisible_embed", "dit.vape.visible_embed"]
+    # double-stream qkv + proj (2 streams) and mlp (2 layers, 2 streams), single linear1/2: 2 blocks each
+    adapted = {n.split(".lora_")[0] for n in trained if ".lora_" in n}
+    assert len(adapted) == 2 * (4 + 4) + 2 * 2
+    assert "dit.double_blocks.0.img_mod.lin" not in adapted  # modulation was not a target
+    # what a checkpoint keeps: the adapters, VAPE's embeddings and the (zero) null condition
+    assert set(model.trainable_state()) == {
+        k for k in model.state_dict() if ".lora_" in k or k.startswith(("dit.vape.", "conditioner.null"))}
+
+
+def test_lora_run_resumes_exactly_generates_and_exports(hub, tmp_path):
+    overrides = ["train.lora={rank: 4, alpha: 8}"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(finetune_config(hub, tmp_path, *overrides), whole)
+    train(finetune_config(hub, tmp_path, *overrides), split, max_steps=3)
+    train(finetune_config(hub, tmp_path, *overrides), split, resume="latest")
+    assert losses(split) == losses(whole) and [s for s, _ in losses(whole)] == [1, 2, 3, 4]
+
+    groups, _ = load_checkpoint(latest_checkpoint(whole / "checkpoints"))
+    assert groups["ema"] and all(".lora_" in k or k.startswith("conditioner.null") for k in groups["ema"])
+    assert json.loads((whole / "init.json").read_text())["dit"] == str(hub["dit"])
+
+    # peft's own loader puts the run's adapters on hy3dgen's own class: the same velocity
+    from peft import PeftModel
+
+    from vilearn.train.loading import load_trained
+
+    ours = load_trained(whole).model.dit
+    reference = PeftModel.from_pretrained(reference_from(hub["dit"] / "model.fp16.safetensors"),
+                                          str(whole / "adapter")).eval()
+    x, t, cond = inputs(1)
+    with torch.no_grad():
+        expected = reference(x, t, {"main": cond})
+        before = reference_from(hub["dit"] / "model.fp16.safetensors")(x, t, {"main": cond})
+        assert (ours(x, t, cond) - expected).abs().max() < 1e-5 * expected.abs().max()
+    assert (expected - before).abs().max() > 1e-4  # the adapters changed the prediction
+
+    image = sorted((hub["data"] / "shapes").glob("*/views/000.png"))[0]
+    result = CliRunner().invoke(app, ["generate", str(image), "--model", str(whole), "--out",
+                                      str(tmp_path / "meshes"), "--steps", "2", "--resolution", "24"])
+    assert result.exit_code == 0, result.output
+
+    # merged and exported in the released layout: hy3dgen's class loads it and agrees
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", str(whole), "--out", str(out), "--fp32"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "vilearn.json"]
+    parts = released.released_parts(out / "model.safetensors")
+    assert set(parts) == {"model", "vae", "conditioner"}
+    with torch.no_grad():
+        merged = released.reference_dit(parts["model"])(x, t, {"main": cond})
+    assert (merged - expected).abs().max() < 1e-5 * expected.abs().max()
+    # and fine-tuning can start from the export
+    again = build_model(finetune_config(hub, tmp_path, f"init.dit={out}")).eval()
+    with torch.no_grad():
+        assert (again.dit(x, t, cond) - expected).abs().max() < 1e-5 * expected.abs().max()
+    result = CliRunner().invoke(app, ["export", str(whole), "--out", str(out)])
+    assert result.exit_code == 2 and "not empty" in result.output
+
+
+def test_full_finetune_moves_the_released_weights(hub, tmp_path):
+    run = tmp_path / "full"
+    train(finetune_config(hub, tmp_path, f"model={json.dumps({**released.MODEL, 'vape': 'va-rope'})}"), run)
+    groups, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    start = released.released_parts(hub["dit"] / "model.fp16.safetensors")["model"]
+    key = "double_blocks.0.img_attn.qkv.weight"
+    assert not torch.equal(groups["model"][f"dit.{key}"], start[key].float())
+    assert not any(k.startswith("conditioner.encoder.") for k in groups["model"])  # DINOv2 frozen
+    out = tmp_path / "export"
+    assert CliRunner().invoke(app, ["export", str(run), "--out", str(out)]).exit_code == 0
+    assert (out / "model.fp16.safetensors").is_file()
+    assert json.loads((out / "vilearn.json").read_text())["vape"] == "va-rope"
+
+
+def test_bad_fine_tuning_settings_name_the_key(hub, tmp_path):
+    with pytest.raises(ConfigError, match="train.lora: LoRA adapts pretrained weights; set init.dit"):
+        finetune_config(hub, tmp_path, "init.dit=''", "train.lora={rank: 4}")
+    with pytest.raises(ConfigError, match="train.lora: rank must be >= 1"):
+        finetune_config(hub, tmp_path, "train.lora={rank: 0}")
+    with pytest.raises(ConfigError, match=r"train.lora.targets\[1\]: 'atention' matches no linear layer"):
+        build_model(finetune_config(hub, tmp_path, "train.lora={targets: [mlp, atention]}"))
+    wide = json.dumps({**released.MODEL, "hidden_size": 128})
+    with pytest.raises(ConfigError, match="does not fit the model section: hidden_size: 64 there, 128 here"):
+        build_model(finetune_config(hub, tmp_path, f"model={wide}"))
+    with pytest.raises(ConfigError, match="init.dit: .*nowhere: no config.yaml"):
+        build_model(finetune_config(hub, tmp_path, f"init.dit={tmp_path / 'nowhere'}"))

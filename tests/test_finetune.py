@@ -73,6 +73,7 @@ def test_the_released_folder_loads_exactly(hub, tmp_path):
     assert config.stages[0].tokens == TOKENS and config.latent_norm == "vae"
     model = build_model(config).eval()
     assert model.init_report["new"] == [] and model.init_report["conditioner"]
+    assert model.init_report["conditioner_differs"]  # the checkpoint's DINOv2 is another one
     reference = reference_from(hub["dit"] / "model.fp16.safetensors")
     x, t, cond = inputs()
     with torch.no_grad():
@@ -132,6 +133,10 @@ def test_lora_run_resumes_exactly_generates_and_exports(hub, tmp_path):
     result = CliRunner().invoke(app, ["generate", str(image), "--model", str(whole), "--out",
                                       str(tmp_path / "meshes"), "--steps", "2", "--resolution", "24"])
     assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["evaluate", str(whole), "--n", "1", "--steps", "2",
+                                      "--resolution", "24", "--no-references", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (whole / "eval" / "step-0000004" / "eval.json").is_file()
 
     # merged and exported in the released layout: hy3dgen's class loads it and agrees
     out = tmp_path / "export"
@@ -177,3 +182,5 @@ def test_bad_fine_tuning_settings_name_the_key(hub, tmp_path):
         build_model(finetune_config(hub, tmp_path, f"model={wide}"))
     with pytest.raises(ConfigError, match="init.dit: .*nowhere: no config.yaml"):
         build_model(finetune_config(hub, tmp_path, f"init.dit={tmp_path / 'nowhere'}"))
+    with pytest.raises(ConfigError, match="conditioner.cached: .* carries other DINOv2 weights"):
+        train(finetune_config(hub, tmp_path, "conditioner.cached=true"), tmp_path / "cached")

@@ -103,7 +103,8 @@ def load_released(model: Denoiser, folder: str | Path, conditioner: bool = True)
 
     The report: ``dit`` and ``weights`` (the paths), ``new`` (the denoiser's parameters the
     checkpoint does not have, left at their initial values: VAPE's own), ``conditioner`` (whether
-    the image encoder's weights were taken from the checkpoint).
+    the image encoder's weights were taken from the checkpoint) and ``conditioner_differs``
+    (whether they differ from those of ``conditioner.model``).
     """
     try:
         released = Released.read(folder)
@@ -114,12 +115,12 @@ def load_released(model: Denoiser, folder: str | Path, conditioner: bool = True)
         raise
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"init.dit: {error}") from error
-    took_conditioner = False
+    took, differs = False, False
     if conditioner and "conditioner" in parts and model.conditioner.config.kind == "dinov2":
-        load_conditioner(model, parts["conditioner"], released.weights)
-        took_conditioner = True
+        differs = load_conditioner(model, parts["conditioner"], released.weights)
+        took = True
     return {"dit": str(released.folder), "weights": str(released.weights), "new": new,
-            "conditioner": took_conditioner}
+            "conditioner": took, "conditioner_differs": differs}
 
 
 def check_architecture(released: Released, model: Denoiser) -> None:
@@ -130,15 +131,21 @@ def check_architecture(released: Released, model: Denoiser) -> None:
                       f"load into a {type(model.dit).__name__}")
 
 
-def load_conditioner(model: Denoiser, state: dict[str, Tensor], where: Path) -> None:
-    """hy3dgen's ``SingleImageEncoder`` weights -> the DINOv2 of ``model.conditioner`` (strict)."""
+def load_conditioner(model: Denoiser, state: dict[str, Tensor], where: Path) -> bool:
+    """hy3dgen's ``SingleImageEncoder`` weights -> the DINOv2 of ``model.conditioner`` (strict);
+    returns whether they differ from the ones it had (beyond float16 rounding)."""
     dino = {k[len(CONDITIONER_PREFIX):]: v for k, v in state.items() if k.startswith(CONDITIONER_PREFIX)}
     encoder = model.conditioner.encoder.model
+    before = encoder.state_dict()
+    differs = any(k not in before or before[k].shape != v.shape
+                  or not torch.allclose(before[k].float(), v.float(), rtol=1e-3, atol=1e-4)
+                  for k, v in dino.items())
     missing, unexpected = encoder.load_state_dict(dino, strict=False)
     if missing or unexpected or len(dino) != len(state):
         raise ConfigError(f"init.dit: the conditioner weights of {where} do not fit conditioner.model "
                           f"{model.conditioner.config.model!r} (missing {sorted(missing)[:3]}, unexpected "
                           f"{sorted(unexpected)[:3]}); set init.conditioner: false to keep its own")
+    return differs
 
 
 def export_released(model: Denoiser, dit_state: dict[str, Tensor], init: str | Path,

@@ -110,6 +110,10 @@ def cached_features(config: TrainConfig, model: Denoiser) -> str | None:
     """The features folder the run reads (``conditioner.cached``), checked at start; else None."""
     if not config.conditioner.cached:
         return None
+    if model.init_report is not None and model.init_report["conditioner_differs"]:
+        raise ConfigError("conditioner.cached: the features come from conditioner.model's DINOv2, "
+                          f"but {config.init.dit} carries other DINOv2 weights, which training "
+                          "would use at inference; set init.conditioner: false, or train uncached")
     from vilearn.train.features import check_features
 
     try:

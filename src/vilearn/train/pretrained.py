@@ -98,7 +98,7 @@ def check_mmdit(released: Released, config: DiTConfig) -> None:
                           + "; ".join(wrong))
 
 
-def load_released(model: Denoiser, folder: str | Path, conditioner: bool = True) -> dict:
+def init_from_released(model: Denoiser, folder: str | Path, conditioner: bool = True) -> dict:
     """Load a released folder's weights into ``model`` (strict); returns a report.
 
     The report: ``dit`` and ``weights`` (the paths), ``new`` (the denoiser's parameters the

@@ -131,9 +131,9 @@ def build_model(config: TrainConfig) -> Denoiser:
     model = Denoiser(dit, conditioner)
     model.init_report = None
     if config.init.dit:
-        from vilearn.train.pretrained import load_released
+        from vilearn.train.pretrained import init_from_released
 
-        model.init_report = load_released(model, config.init.dit, config.init.conditioner)
+        model.init_report = init_from_released(model, config.init.dit, config.init.conditioner)
         if config.train.lora is not None:
             from vilearn.train.lora import apply_lora
 

@@ -87,3 +87,13 @@ def test_prepare_stores_sharp_samples_next_to_the_uniform_ones(tmp_path, tiny_pr
     assert on_box_edge(cube["sharp_points"], half).all()
     assert not on_box_edge(cube["points"], half).all()  # the uniform samples are not on edges
     assert data.surface("ball")["sharp_points"].shape == (0, 3)
+
+
+def test_bad_sharp_settings_name_the_key(tmp_path):
+    from vilearn.config import ConfigError, load_config
+    from vilearn.data.prepare import PrepareConfig
+
+    with pytest.raises(ConfigError, match="sharp_angle_deg in \\(0, 180\\), got 1024 and 0.0"):
+        load_config(PrepareConfig, "prepare-tiny", ["sharp_angle_deg=0"])
+    with pytest.raises(ConfigError, match="sharp_points: expected an integer"):
+        load_config(PrepareConfig, "prepare-tiny", ["sharp_points=many"])

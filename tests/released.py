@@ -1,10 +1,14 @@
-"""Tiny random weights saved as Hunyuan3D releases them: the hub's folder structure and file
-names, config.yaml in hy3dgen's format, the checkpoint's key layout. The denoiser is hy3dgen
-2.0.2's own ``Hunyuan3DDiT``; the image encoder a transformers DINOv2 (as hy3dgen builds it).
+"""Tiny weights saved as Hunyuan3D releases them: the hub's folder structure and file names,
+config.yaml in hy3dgen's / hy3dshape's format, the checkpoint's key layout. The 2.0 denoiser is
+hy3dgen 2.0.2's own ``Hunyuan3DDiT`` (random); the 2.1 one has the weights of the reference
+``HunYuanDiTPlain`` fixture (tests/fixtures/plain_dit.safetensors); image encoders are
+transformers DINOv2s (as hy3dgen builds them).
 
     HUB/tencent/Hunyuan3D-2/hunyuan3d-dit-v2-0/{config.yaml, model.fp16.safetensors}
     HUB/tencent/Hunyuan3D-2/hunyuan3d-vae-v2-0-withencoder/{config.yaml, model.fp16.safetensors}
-    HUB/facebook/dinov2-giant/     a DINOv2 folder saved by transformers (config, weights, processor)
+    HUB/tencent/Hunyuan3D-2.1/hunyuan3d-dit-v2-1/{config.yaml, model.fp16.ckpt}
+    HUB/tencent/Hunyuan3D-2.1/hunyuan3d-vae-v2-1/{config.yaml, model.fp16.ckpt}
+    HUB/facebook/dinov2-giant/, dinov2-large/   DINOv2 folders saved by transformers
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
-def save_dinov2(folder: Path, seed: int):
+def save_dinov2(folder: Path, seed: int, config: dict = DINO):
+    """A random transformers DINOv2 and its image processor, saved as a model folder."""
     import transformers
 
     torch.manual_seed(seed)
-    model = transformers.Dinov2Model(transformers.Dinov2Config(**DINO))
+    model = transformers.Dinov2Model(transformers.Dinov2Config(**config))
     model.save_pretrained(folder)
     transformers.BitImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE},
                                    image_mean=[0.485, 0.456, 0.406],
@@ -65,6 +70,22 @@ def write_fp16_safetensors(path: Path, tensors: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().half().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def pipeline_sections(package: str, dino: dict) -> dict:
+    """The conditioner, scheduler, image processor and pipeline sections of a released DiT's
+    config.yaml (``package``: hy3dgen.shapegen for 2.0, hy3dshape for 2.1)."""
+    models = f"{package}.models" + ("" if package.startswith("hy3dgen") else ".conditioner")
+    return {
+        "conditioner": {"target": f"{models}.SingleImageEncoder", "params": {
+            "main_image_encoder": {"type": "DinoImageEncoder", "kwargs": {
+                "config": {**dino, "model_type": "dinov2"}, "image_size": IMAGE, "use_cls_token": True}}}},
+        "scheduler": {"target": f"{package}.schedulers.FlowMatchEulerDiscreteScheduler",
+                      "params": {"num_train_timesteps": 1000}},
+        "image_processor": {"target": f"{package}.preprocessors.ImageProcessorV2",
+                            "params": {"size": 512, "border_ratio": 0.15}},
+        "pipeline": {"target": f"{package}.pipelines.Hunyuan3DDiTFlowMatchingPipeline"},
+    }
 
 
 def save_hunyuan3d_20(hub: Path) -> dict[str, Path]:
@@ -96,14 +117,7 @@ def save_hunyuan3d_20(hub: Path) -> dict[str, Path]:
     config = {
         "model": {"target": "hy3dgen.shapegen.models.Hunyuan3DDiT", "params": DIT},
         "vae": {"target": "hy3dgen.shapegen.models.ShapeVAE", "params": decoder_params},
-        "conditioner": {"target": "hy3dgen.shapegen.models.SingleImageEncoder", "params": {
-            "main_image_encoder": {"type": "DinoImageEncoder", "kwargs": {
-                "config": {**DINO, "model_type": "dinov2"}, "image_size": IMAGE, "use_cls_token": True}}}},
-        "scheduler": {"target": "hy3dgen.shapegen.schedulers.FlowMatchEulerDiscreteScheduler",
-                      "params": {"num_train_timesteps": 1000}},
-        "image_processor": {"target": "hy3dgen.shapegen.preprocessors.ImageProcessorV2",
-                            "params": {"size": 512, "border_ratio": 0.15}},
-        "pipeline": {"target": "hy3dgen.shapegen.pipelines.Hunyuan3DDiTFlowMatchingPipeline"},
+        **pipeline_sections("hy3dgen.shapegen", DINO),
     }
     (dit_folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return {"dit": dit_folder, "vae": vae_folder, "dinov2": dino_folder}
@@ -119,3 +133,62 @@ def released_parts(weights: Path) -> dict[str, dict[str, torch.Tensor]]:
         name = key.split(".")[0]
         parts.setdefault(name, {})[key[len(name) + 1:]] = value
     return parts
+
+
+PLAIN_FIXTURE = Path(__file__).parent / "fixtures" / "plain_dit.safetensors"
+VAE21 = dict(num_latents=16, embed_dim=4, num_freqs=4, include_pi=False, heads=4, width=32,
+             num_encoder_layers=1, num_decoder_layers=1, qkv_bias=False, qk_norm=True,
+             scale_factor=1.0039506158752403, geo_decoder_mlp_expand_ratio=4,
+             geo_decoder_downsample_ratio=1, geo_decoder_ln_post=True, point_feats=4,
+             pc_size=320, pc_sharpedge_size=0)
+DINO21 = {**DINO, "hidden_size": 24}  # the reference fixture's context width
+
+
+def plain_reference() -> tuple[dict, dict, dict]:
+    """HunYuanDiTPlain's small config, weights and outputs, made from the reference code by
+    tests/fixtures/make_plain_dit.py: (config, weights, tensors)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(PLAIN_FIXTURE), "pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        config = json.loads(handle.metadata()["config"])
+    weights = {k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")}
+    return config, weights, tensors
+
+
+def save_hunyuan3d_21(hub: Path) -> dict[str, Path]:
+    """HUB/tencent/Hunyuan3D-2.1/{hunyuan3d-dit-v2-1, hunyuan3d-vae-v2-1}/{config.yaml,
+    model.fp16.ckpt} (torch.save, float16, as released) and HUB/facebook/dinov2-large; the
+    denoiser's weights are those of the reference fixture."""
+    from vilearn.vae import VecSetVAE
+    from vilearn.vae.config import from_hy3dgen_params
+
+    repo = hub / "tencent" / "Hunyuan3D-2.1"
+    dino_folder = hub / "facebook" / "dinov2-large"
+    save_dinov2(dino_folder, 5, DINO21)
+    dino = save_dinov2(hub / "unused-dinov2-large", 6, DINO21)  # the one inside the checkpoint
+    torch.manual_seed(7)
+    vae = randomize(VecSetVAE(from_hy3dgen_params(VAE21, has_encoder=True)), seed=8)
+    half = lambda state: {k: v.detach().half() for k, v in state.items()}  # noqa: E731
+    vae_folder = repo / "hunyuan3d-vae-v2-1"
+    vae_folder.mkdir(parents=True)
+    torch.save(half(vae.state_dict()), vae_folder / "model.fp16.ckpt")
+    (vae_folder / "config.yaml").write_text(yaml.safe_dump(
+        {"target": "hy3dshape.models.autoencoders.ShapeVAE", "params": VAE21}, sort_keys=False))
+
+    config, weights, _ = plain_reference()
+    dit_folder = repo / "hunyuan3d-dit-v2-1"
+    dit_folder.mkdir(parents=True)
+    conditioner = {f"main_image_encoder.model.{k}": v for k, v in dino.state_dict().items()}
+    torch.save({"model": half(weights), "vae": half(vae.state_dict()), "conditioner": half(conditioner)},
+               dit_folder / "model.fp16.ckpt")
+    params = {"input_size": VAE21["num_latents"], **config, "text_len": 5, "with_decoupled_ca": False,
+              "use_attention_pooling": False, "qk_norm_type": "rms", "use_pos_emb": False}
+    (dit_folder / "config.yaml").write_text(yaml.safe_dump({
+        "model": {"target": "hy3dshape.models.denoisers.hunyuandit.HunYuanDiTPlain", "params": params},
+        "vae": {"target": "hy3dshape.models.autoencoders.ShapeVAE", "params": VAE21},
+        **pipeline_sections("hy3dshape", DINO21),
+    }, sort_keys=False))
+    return {"dit": dit_folder, "vae": vae_folder, "dinov2": dino_folder}

@@ -22,7 +22,6 @@ from vilearn.dit.vape import VAPE
 class MMDiT(VelocityModel):
     """Velocity model v(x_t, t | image tokens, visibility); flow convention: ``vilearn.flow``."""
 
-    # Its linear layers by role (regular expressions over module names), e.g. for LoRA targets.
     # The single-stream blocks' linear1 (qkv + MLP in) and linear2 (attention + MLP out) count
     # as attention.
     LAYER_GROUPS = {

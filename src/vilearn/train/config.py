@@ -69,8 +69,9 @@ class LoRAConfig:
         alpha: the adapters' output is scaled by alpha / rank.
         dropout: dropout on the adapters' input.
         targets: the layers that get adapters: group names of the denoiser's
-            ``LAYER_GROUPS`` (``attention``, ``mlp``, ``modulation``, ``embedders``), or regular
-            expressions matched against full module names (``double_blocks\\.[0-3]\\..*qkv``).
+            ``LAYER_GROUPS`` (both: ``attention``, ``mlp`` (MoE experts included),
+            ``embedders``; the MM-DiT: ``modulation``; the cross-attention DiT: ``skips``), or
+            regular expressions matched against full module names (``double_blocks\\.[0-3]\\..*qkv``).
     """
 
     rank: int = 16

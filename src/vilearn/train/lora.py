@@ -37,7 +37,7 @@ ADAPTER_PREFIX = "base_model.model."  # peft's PeftModel key prefix
 
 def target_modules(dit: nn.Module, targets: list[str]) -> list[str]:
     """Full names of the linear layers ``targets`` select, in module order."""
-    groups = getattr(type(dit), "LAYER_GROUPS", {})
+    groups = type(dit).LAYER_GROUPS
     linear = [name for name, module in dit.named_modules() if isinstance(module, nn.Linear)]
     chosen: set[str] = set()
     for i, target in enumerate(targets):

@@ -9,9 +9,11 @@ The layout (Hunyuan3D-2's ``from_pretrained`` / ``smart_load_model``; 2.1's is t
     tencent/Hunyuan3D-2.1/hunyuan3d-dit-v2-1/model.fp16.ckpt      torch.save({"model": {...},
                                                                       "vae": {...}, "conditioner": {...}})
 
-``config.yaml``'s ``model`` section names the denoiser class (``target``) and its constructor
-``params``; the checkpoint's ``conditioner`` part is hy3dgen's ``SingleImageEncoder``
-(``main_image_encoder.model.*``: a transformers DINOv2) and its ``vae`` part the VAE decoder.
+``config.yaml``'s ``model`` section names the denoiser class (``target``: hy3dgen's
+``Hunyuan3DDiT`` loads into ``MMDiT``, hy3dshape's ``HunYuanDiTPlain`` into ``PlainDiT``) and its
+constructor ``params``, which must be the ``model`` section's. The checkpoint's ``conditioner``
+part is hy3dgen's ``SingleImageEncoder`` (``main_image_encoder.model.*``: a transformers
+DINOv2), its ``vae`` part the VAE decoder.
 """
 
 from __future__ import annotations
@@ -23,17 +25,25 @@ import torch
 from torch import Tensor
 
 from vilearn.config import ConfigError, read_yaml
-from vilearn.dit.config import DiTConfig
-from vilearn.dit.model import MMDiT
+from vilearn.dit import MMDiT, PlainDiT, load_released
 from vilearn.io import atomic_open, save_safetensors, write_json, write_text
 from vilearn.train.denoiser import Denoiser
 
 WEIGHT_NAMES = ("model.fp16.safetensors", "model.safetensors", "model.fp16.ckpt", "model.ckpt")
 PARTS = ("model", "vae", "conditioner")
 CONDITIONER_PREFIX = "main_image_encoder.model."  # hy3dgen's SingleImageEncoder -> its DINOv2
-# Hunyuan3DDiT's constructor params and the DiTConfig field each one is (axes_dim: checked apart).
-_MMDIT_PARAMS = ("in_channels", "context_in_dim", "hidden_size", "mlp_ratio", "num_heads", "depth",
-                 "depth_single_blocks", "theta", "qkv_bias", "guidance_embed", "time_factor")
+# Released class -> (our class, its constructor params that are our config's fields of the same
+# name, params that must have the one value our class implements).
+ARCHITECTURES = {
+    "Hunyuan3DDiT": (MMDiT, ("in_channels", "context_in_dim", "hidden_size", "mlp_ratio",
+                             "num_heads", "depth", "depth_single_blocks", "theta", "qkv_bias",
+                             "guidance_embed", "time_factor"), {}),
+    "HunYuanDiTPlain": (PlainDiT, ("in_channels", "context_dim", "hidden_size", "depth", "num_heads",
+                                   "qk_norm", "qkv_bias", "num_moe_layers", "num_experts",
+                                   "moe_top_k"),
+                        {"qk_norm_type": "rms", "with_decoupled_ca": False,
+                         "use_attention_pooling": False, "use_pos_emb": False}),
+}
 
 
 @dataclass
@@ -85,19 +95,6 @@ class Released:
         return parts
 
 
-def check_mmdit(released: Released, config: DiTConfig) -> None:
-    """The released Hunyuan3DDiT's params must be the model's (each difference is named)."""
-    params = released.params
-    wrong = [f"{k}: {params[k]!r} there, {getattr(config, k)!r} here" for k in _MMDIT_PARAMS
-             if k in params and params[k] != getattr(config, k)]
-    axes = params.get("axes_dim")
-    if axes is not None and list(axes) != [config.head_dim]:
-        wrong.append(f"axes_dim: {list(axes)} there, [head_dim] = [{config.head_dim}] here")
-    if wrong:
-        raise ConfigError(f"init.dit: {released.folder} does not fit the model section: "
-                          + "; ".join(wrong))
-
-
 def init_from_released(model: Denoiser, folder: str | Path, conditioner: bool = True) -> dict:
     """Load a released folder's weights into ``model`` (strict); returns a report.
 
@@ -110,7 +107,7 @@ def init_from_released(model: Denoiser, folder: str | Path, conditioner: bool = 
         released = Released.read(folder)
         check_architecture(released, model)
         parts = released.parts()
-        new = model.dit.load_hunyuan3d_state_dict(parts["model"])
+        new = load_released(model.dit, parts["model"])
     except ConfigError:
         raise
     except (FileNotFoundError, ValueError) as error:
@@ -124,11 +121,24 @@ def init_from_released(model: Denoiser, folder: str | Path, conditioner: bool = 
 
 
 def check_architecture(released: Released, model: Denoiser) -> None:
-    """The released denoiser class must be the model's, with the model's params."""
-    if released.target.endswith("Hunyuan3DDiT") and isinstance(model.dit, MMDiT):
-        return check_mmdit(released, model.dit.config)
-    raise ConfigError(f"init.dit: {released.folder} holds a {released.target}, which does not "
-                      f"load into a {type(model.dit).__name__}")
+    """The released denoiser class must be the model's, with the model's params (each difference
+    is named)."""
+    name = released.target.rsplit(".", 1)[-1]
+    ours, same, fixed = ARCHITECTURES.get(name, (None, (), {}))
+    if ours is None or not isinstance(model.dit, ours):
+        raise ConfigError(f"init.dit: {released.folder} holds a {released.target}, which does not "
+                          f"load into a {type(model.dit).__name__} (set model.arch to match)")
+    params, config = released.params, model.dit.config
+    wrong = [f"{k}: {params[k]!r} there, {getattr(config, k)!r} here" for k in same
+             if k in params and params[k] != getattr(config, k)]
+    wrong += [f"{k}: {params[k]!r} there, only {v!r} is implemented" for k, v in fixed.items()
+              if k in params and params[k] != v]
+    axes = params.get("axes_dim")  # Hunyuan3DDiT's RoPE axes: one, the head dimension
+    if axes is not None and list(axes) != [config.head_dim]:
+        wrong.append(f"axes_dim: {list(axes)} there, [head_dim] = [{config.head_dim}] here")
+    if wrong:
+        raise ConfigError(f"init.dit: {released.folder} does not fit the model section: "
+                          + "; ".join(wrong))
 
 
 def load_conditioner(model: Denoiser, state: dict[str, Tensor], where: Path) -> bool:

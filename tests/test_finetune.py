@@ -17,7 +17,6 @@ from vilearn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from vilearn.train.config import TrainConfig
 from vilearn.train.trainer import build_model, train
 
-pytestmark = pytest.mark.hy3dgen
 TOKENS = 16
 
 
@@ -93,6 +92,7 @@ def losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "grad_norm" in r]
 
 
+@pytest.mark.hy3dgen
 def test_the_released_folder_loads_exactly(hub, tmp_path):
     config = finetune_config(hub, tmp_path)
     assert config.stages[0].tokens == TOKENS and config.latent_norm == "vae"
@@ -111,6 +111,7 @@ def test_the_released_folder_loads_exactly(hub, tmp_path):
                        parts[f"main_image_encoder.model.{key}"].float())
 
 
+@pytest.mark.hy3dgen
 def test_lora_trains_only_adapters_and_vape(hub, tmp_path):
     config = finetune_config(hub, tmp_path, "train.lora={rank: 4, alpha: 8, targets: [attention, mlp]}",
                              f"model={json.dumps({**released.MODEL, 'vape': 'va-lpe'})}")
@@ -127,6 +128,7 @@ def test_lora_trains_only_adapters_and_vape(hub, tmp_path):
         k for k in model.state_dict() if ".lora_" in k or k.startswith(("dit.vape.", "conditioner.null"))}
 
 
+@pytest.mark.hy3dgen
 def test_lora_run_resumes_exactly_generates_and_exports(hub, tmp_path):
     overrides = ["train.lora={rank: 4, alpha: 8}"]
     whole, split = tmp_path / "whole", tmp_path / "split"
@@ -181,6 +183,7 @@ def test_lora_run_resumes_exactly_generates_and_exports(hub, tmp_path):
     assert result.exit_code == 2 and "not empty" in result.output
 
 
+@pytest.mark.hy3dgen
 def test_full_finetune_moves_the_released_weights(hub, tmp_path):
     run = tmp_path / "full"
     train(finetune_config(hub, tmp_path, f"model={json.dumps({**released.MODEL, 'vape': 'va-rope'})}"), run)
@@ -195,6 +198,7 @@ def test_full_finetune_moves_the_released_weights(hub, tmp_path):
     assert json.loads((out / "vilearn.json").read_text())["vape"] == "va-rope"
 
 
+@pytest.mark.hy3dgen
 def test_bad_fine_tuning_settings_name_the_key(hub, tmp_path):
     with pytest.raises(ConfigError, match="train.lora: LoRA adapts pretrained weights; set init.dit"):
         finetune_config(hub, tmp_path, "init.dit=''", "train.lora={rank: 4}")
@@ -297,3 +301,16 @@ def test_every_linear_layer_is_in_one_layer_group():
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         groups = [target_modules(model, [group]) for group in type(model).LAYER_GROUPS]
         assert sorted(sum(groups, [])) == sorted(linear), type(model).__name__
+
+
+@pytest.mark.parametrize("name,tokens,context,dino", [
+    ("finetune-hunyuan3d-2.0", 3072, 1536, "facebook/dinov2-giant"),
+    ("finetune-hunyuan3d-2.1", 4096, 1024, "facebook/dinov2-large")])
+def test_packaged_finetune_configs_are_the_releases(name, tokens, context, dino):
+    config = load_config(TrainConfig, name)
+    assert [s.tokens for s in config.stages] == [tokens] and config.dit.context_in_dim == context
+    assert config.conditioner.model == dino and config.conditioner.kind == "dinov2"
+    assert (config.conditioner.image_size // 14) ** 2 + 1 == 1370  # patch 14 at 518 px, with CLS
+    assert config.latent_norm == "vae" and config.timesteps.density == "uniform"
+    assert config.optim.lr == 1e-5 and config.optim.betas == [0.9, 0.99] and config.train.lora is None
+    assert config.dit.vape == "va-rope" and config.dit.in_channels == 64

@@ -206,9 +206,14 @@ def test_bad_fine_tuning_settings_name_the_key(hub, tmp_path):
         finetune_config(hub, tmp_path, "train.lora={rank: 0}")
     with pytest.raises(ConfigError, match=r"train.lora.targets\[1\]: 'atention' matches no linear layer"):
         build_model(finetune_config(hub, tmp_path, "train.lora={targets: [mlp, atention]}"))
-    wide = json.dumps({**released.MODEL, "hidden_size": 128})
-    with pytest.raises(ConfigError, match="does not fit the model section: hidden_size: 64 there, 128 here"):
+    wide = json.dumps({**released.MODEL, "hidden_size": 128, "time_embedding": "step1x-3d"})
+    with pytest.raises(ConfigError, match="does not fit the model section: hidden_size: 64 there, "
+                                          "128 here; model.time_embedding: 'step1x-3d' here"):
         build_model(finetune_config(hub, tmp_path, f"model={wide}"))
+    plain = json.dumps({"arch": "plain", "preset": "tiny", "context_dim": 32})
+    with pytest.raises(ConfigError, match="holds a hy3dgen.shapegen.models.Hunyuan3DDiT, which does "
+                                          "not load into a PlainDiT"):
+        build_model(finetune_config(hub, tmp_path, f"model={plain}"))
     with pytest.raises(ConfigError, match="init.dit: .*nowhere: no config.yaml"):
         build_model(finetune_config(hub, tmp_path, f"init.dit={tmp_path / 'nowhere'}"))
     with pytest.raises(ConfigError, match="conditioner.cached: .* carries other DINOv2 weights"):

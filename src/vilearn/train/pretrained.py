@@ -133,6 +133,8 @@ def check_architecture(released: Released, model: Denoiser) -> None:
              if k in params and params[k] != getattr(config, k)]
     wrong += [f"{k}: {params[k]!r} there, only {v!r} is implemented" for k, v in fixed.items()
               if k in params and params[k] != v]
+    if getattr(config, "time_embedding", "hunyuan3d-2") != "hunyuan3d-2":
+        wrong.append(f"model.time_embedding: {config.time_embedding!r} here, {name} has hunyuan3d-2's")
     axes = params.get("axes_dim")  # Hunyuan3DDiT's RoPE axes: one, the head dimension
     if axes is not None and list(axes) != [config.head_dim]:
         wrong.append(f"axes_dim: {list(axes)} there, [head_dim] = [{config.head_dim}] here")

@@ -2,7 +2,8 @@
 
 Public API (shapes: B batch, P surface points, N tokens, C = embed_dim, W = width, M queries):
 
-- ``VecSetVAE(VAEConfig)``; ``preset("tiny" | "hunyuan3d-vae-v2-0")``
+- ``VecSetVAE(VAEConfig)``; ``preset("tiny" | "hunyuan3d-vae-v2-0" | "hunyuan3d-vae-v2-1" |
+  "hunyuan3d-vae-v2-0-withencoder")`` (the last two: packaged released configs)
 - ``vae.encode(surface (B, P, 3 + point_feats), num_tokens=N | anchor_index=(B, N)) -> Encoded``
   (``.posterior.mean / .logvar`` (B, N, C), ``.anchors`` (B, N, 3), ``.anchor_index`` (B, N))
 - ``vae.decode(latents (B, N, C)) -> tokens (B, N, W)`` (post-KL -> transformer)

@@ -73,10 +73,14 @@ def main() -> None:
     with_edges = sum(r["has_edges"] for r in urdf)
     lines.append(f"| {len(urdf)} random_urdfs shapes (median {faces:,.0f} faces), total | | "
                  f"{total_u:.2f} | {total_s:.2f} | {total_s / total_u:.2f}x | {with_edges} of {len(urdf)} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit("\n".join(lines) + "\n", args.out)
+
+
+def emit(report: str, out: Path | None) -> None:
+    """Print the report, and keep it in ``out`` when given."""
+    print(report)
+    if out is not None:
+        out.write_text(report)
 
 
 if __name__ == "__main__":

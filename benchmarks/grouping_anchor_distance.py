@@ -14,8 +14,8 @@ import torch
 
 from vilearn.data.dataset import PreparedDataset
 from vilearn.grouping import token_assignment
-from vilearn.vae.data import load_surface
-from vilearn.vae.encode import encode_shape, encoder_input
+from vilearn.vae.encode import encode_shape
+from vilearn.vae.input import EncoderInput
 from vilearn.vae.resolve import resolve_vae
 
 
@@ -27,7 +27,7 @@ def main(vae_path: str, root: str, shapes: int = 6, points: int = 3000) -> None:
     for n in (64, 256):
         rows = []
         for shape_id in data.ids()[:shapes]:
-            latents = encode_shape(vae, encoder_input(load_surface(root, shape_id), 8192), [n])[n]
+            latents = encode_shape(vae, data.surface(shape_id), [n], EncoderInput.of(vae.config))[n]
             pts = torch.from_numpy(data.view(shape_id, 0)["visible_points"][:points])
             picks = token_assignment(vae.geo_decoder, pts[None], vae.decode(latents["mean"][None]))[0]
             dist = torch.cdist(pts, latents["anchors"])  # (P, N)

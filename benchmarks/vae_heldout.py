@@ -26,7 +26,8 @@ import torch
 from vilearn.data.dataset import PreparedDataset
 from vilearn.grouping import token_assignment
 from vilearn.vae.data import ShapeSampler, load_surface
-from vilearn.vae.encode import encode_shape, encoder_input
+from vilearn.vae.encode import encode_shape
+from vilearn.vae.input import EncoderInput
 from vilearn.vae.resolve import resolve_vae
 from vilearn.vae.validate import validate
 
@@ -36,7 +37,8 @@ def locality(vae, root: str, ids: list[str], tokens: int, points: int = 1000) ->
     assigned, nearest, mean, distinct = [], [], [], []
     for index, shape_id in enumerate(ids):
         surface = load_surface(root, shape_id)
-        latents = encode_shape(vae, encoder_input(surface, 8192), [tokens])[tokens]
+        stored = PreparedDataset(root).surface(shape_id)
+        latents = encode_shape(vae, stored, [tokens], EncoderInput.of(vae.config))[tokens]
         pick = np.random.default_rng([1, index]).choice(len(surface), points, replace=False)
         pts = torch.from_numpy(surface[pick, :3])
         a = token_assignment(vae.geo_decoder, pts[None], vae.decode(latents["mean"][None]))[0]

@@ -10,7 +10,7 @@ from vilearn.cli import demo as _demo  # noqa: F401  (demo)
 from vilearn.cli import evaluate as _evaluate  # noqa: F401  (evaluate)
 from vilearn.cli import features as _features  # noqa: F401  (cache-features)
 from vilearn.cli import grouping as _grouping  # noqa: F401  (group, show-groups)
-from vilearn.cli import train as _train  # noqa: F401  (train, generate)
+from vilearn.cli import train as _train  # noqa: F401  (train, generate, export)
 from vilearn.cli import vae as _vae  # noqa: F401  (train-vae, encode, decode)
 from vilearn.cli.app import app
 

@@ -1,4 +1,4 @@
-"""``vilearn train`` and ``vilearn generate``: thin wrappers over ``vilearn.train`` and ``vilearn.flow``."""
+"""``vilearn train``, ``generate`` and ``export``: thin wrappers over ``vilearn.train``, ``vilearn.flow``."""
 
 from __future__ import annotations
 
@@ -104,3 +104,27 @@ def generate_command(
                 export_mesh(mesh, out / f"{path.stem}.{kind}")
             bar.advance(task)
     console.print(f"[green]{len(images)} mesh(es)[/] in {out}")
+
+
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="A fine-tuning run (init.dit set) or one of its checkpoints."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the released layout."),
+    fp32: bool = typer.Option(False, "--fp32", help="float32 model.* files instead of float16 "
+                                                    "model.fp16.* (as released)."),
+) -> None:
+    """A fine-tuned run -> a released denoiser folder like its init.dit: EMA weights, LoRA
+    adapters merged, config.yaml, the VAE part and the DINOv2 weights; hy3dgen loads it as the
+    original, and init.dit can start from it."""
+    from vilearn.config import ConfigError
+    from vilearn.io import read_json
+    from vilearn.train.export import export_run
+
+    try:
+        path = export_run(run, out, half=not fp32)
+    except (ConfigError, FileNotFoundError, FileExistsError) as error:
+        raise fail(str(error)) from error
+    if read_json(out / "vilearn.json")["vape"] != "none":
+        console.print("[yellow]note[/]: the released layout has no VAPE; the released loaders run "
+                      "these weights without it (VAPE's own tensors, if any, are in vape.safetensors)")
+    console.print(f"[green]exported[/] {path}")

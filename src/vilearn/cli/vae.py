@@ -61,11 +61,21 @@ def encode_command(
     vae: Path = typer.Option(..., "--vae", help="Training run, checkpoint or VAE weights."),
     tokens: str = typer.Option("256", "--tokens", help="Token counts, e.g. 256,1024."),
     surface_points: int = typer.Option(8192, "--surface-points",
-                                       help="Surface samples fed to the encoder per shape."),
+                                       help="Surface samples fed to the encoder per shape (VAEs "
+                                            "that read all given points: ours)."),
+    points_per_token: int = typer.Option(None, "--points-per-token",
+                                         help="Override a Hunyuan3D VAE's points per token "
+                                              "(its downsample_ratio, 20)."),
+    sharp_fraction: float = typer.Option(None, "--sharp-fraction",
+                                         help="Override a Hunyuan3D VAE's share of sharp-edge "
+                                              "points and tokens (2.1: 0, 2.0: 0.5)."),
     name: str = typer.Option(None, "--name", help="Latents folder name (default: the VAE's)."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Encode every shape into latents (mean, logvar, FPS anchors) per token count; resumable."""
+    """Encode every shape into latents (mean, logvar, FPS anchors) per token count; resumable.
+
+    The encoder's input is the one the VAE's config expects (points per token, uniform and
+    sharp-edge samples, the sharp flag); a dataset that cannot provide it is refused."""
 
     from vilearn.cli.progress import ShapeTicker, progress_bar
     from vilearn.vae.data import read_manifest
@@ -86,7 +96,8 @@ def encode_command(
                            fresh="encoded")
         try:
             stats = encode_dataset(dataset, model, label, counts, surface_points,
-                                   on_shape=lambda shape_id, encoded: tick("encoded" if encoded else "kept"))
+                                   on_shape=lambda shape_id, encoded: tick("encoded" if encoded else "kept"),
+                                   points_per_token=points_per_token, sharp_fraction=sharp_fraction)
         except ValueError as error:
             raise fail(str(error)) from error
     for n, s in stats.items():

@@ -10,7 +10,9 @@ DATASET/
   shapes/<id>/mesh.npz          the normalised mesh: vertices (V, 3) float32, faces (F, 3) int32,
                                 face_colors (F, 3) uint8 (the watertight offset surface when the
                                 record says ``watertight``; views always show the asset itself)
-  shapes/<id>/surface.npz       points (S, 3) float32, normals (S, 3) float32
+  shapes/<id>/surface.npz       points (S, 3) float32, normals (S, 3) float32: uniform samples;
+                                sharp_points (K, 3) float32, sharp_normals (K, 3) float32: samples
+                                on sharp edges (K = 0 for a smooth shape; absent before format 3)
   shapes/<id>/occupancy.npz     uniform_points (U, 3), uniform_labels (U,) bool,
                                 near_points (M, 3), near_labels (M,) bool
   shapes/<id>/views/<k>.npz     K (3, 3), c2w (4, 4), image_size (2,) [H, W], mask (H, W) bool,
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class DatasetLayout:

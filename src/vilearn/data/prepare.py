@@ -28,7 +28,7 @@ from vilearn.data.inside import winding_numbers
 from vilearn.data.layout import FORMAT_VERSION, DatasetLayout
 from vilearn.data.mesh import Mesh, MeshError, Source, iter_sources, load_source, normalize, validate
 from vilearn.data.render import Raycaster
-from vilearn.data.sampling import occupancy_samples, sample_surface
+from vilearn.data.sampling import occupancy_samples, sample_sharp_edges, sample_surface
 from vilearn.data.watertight import WatertightConfig, watertight_mesh
 from vilearn.io import read_json, write_json, write_npz, write_png, write_text
 
@@ -63,7 +63,11 @@ class ViewConfig:
 class PrepareConfig:
     """Everything that decides what ``prepare`` writes (it is stored in dataset.json)."""
 
-    surface_points: int = 50000
+    surface_points: int = 81920  # 20 per token at 4096 tokens (Hunyuan3D-2.1's VAE input)
+    # Points on sharp edges (dihedral angle above sharp_angle_deg), stored next to the uniform
+    # ones: the sharp half of a Hunyuan3D-2.0 VAE's input at 4096 tokens (20 x 4096 / 2).
+    sharp_points: int = 40960
+    sharp_angle_deg: float = 20.0
     uniform_points: int = 25000
     near_points: int = 25000
     near_sigmas: tuple[float, float] = (0.005, 0.025)
@@ -78,6 +82,9 @@ class PrepareConfig:
     def __post_init__(self):
         if min(self.surface_points, self.uniform_points, self.near_points) < 1:
             raise ValueError("surface_points, uniform_points and near_points must be positive")
+        if self.sharp_points < 0 or not 0 < self.sharp_angle_deg < 180:
+            raise ValueError(f"sharp_points must be >= 0 and sharp_angle_deg in (0, 180), got "
+                             f"{self.sharp_points} and {self.sharp_angle_deg}")
         if not 0 <= self.margin < 0.5:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
         if not 0 <= self.val_fraction < 1:
@@ -164,7 +171,9 @@ def process_shape(source: Source, layout: DatasetLayout, config: PrepareConfig) 
             raise MeshError("no volume: no query point is inside (open sheet or degenerate mesh)")
         write_npz(layout.mesh(source.id), compress=True, vertices=geometry.vertices.astype(np.float32),
                   faces=geometry.faces.astype(np.int32), face_colors=geometry.face_rgb())
-        write_npz(layout.surface(source.id), points=points, normals=normals)
+        sharp, sharp_normals = _sharp_samples(source.id, geometry, config, timings)
+        write_npz(layout.surface(source.id), points=points, normals=normals,
+                  sharp_points=sharp, sharp_normals=sharp_normals)
         write_npz(layout.occupancy(source.id), **occupancy)
         inside_fraction = float(occupancy["uniform_labels"].mean())
 
@@ -183,6 +192,7 @@ def process_shape(source: Source, layout: DatasetLayout, config: PrepareConfig) 
         faces=len(mesh.faces),
         normalization=normalization.to_dict(),
         inside_fraction=round(inside_fraction, 6),
+        sharp_points=len(sharp),
         views=len(visible_counts),
         visible_counts=visible_counts,
         warnings=mesh.warnings,
@@ -227,6 +237,16 @@ def _samples(shape_id: str, geometry: Mesh, config: PrepareConfig, timings: dict
     )
     timings["inside"] = timings.get("inside", 0.0) + time.perf_counter() - clock
     return points, normals, occupancy
+
+
+def _sharp_samples(shape_id: str, geometry: Mesh, config: PrepareConfig, timings: dict):
+    """Samples (K, 3) + normals (K, 3) on the sharp edges of the geometry the surface samples
+    come from (K = 0 when it has none)."""
+    clock = time.perf_counter()
+    sharp = sample_sharp_edges(geometry.vertices, geometry.faces, config.sharp_points,
+                               config.sharp_angle_deg, shape_rng(config.seed, shape_id, "sharp"))
+    timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - clock
+    return sharp
 
 
 def _watertight(shape_id: str, mesh: Mesh, config: PrepareConfig, why: str, timings: dict) -> Mesh:
@@ -326,9 +346,12 @@ def _check_dataset_config(layout: DatasetLayout, config: PrepareConfig) -> None:
         except ConfigError:
             pass
         if existing != wanted:
+            old = {"format_version": existing.get("format_version"), **existing.get("prepare", {})}
+            new = {"format_version": FORMAT_VERSION, **wanted["prepare"]}
+            keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             raise ConfigError(
-                f"{layout.root}: already prepared with different settings (dataset.json);"
-                " use another output folder, or the same settings to resume"
+                f"{layout.root}: already prepared with different settings (dataset.json differs "
+                f"in {', '.join(keys)}); use another output folder, or the same settings to resume"
             )
         return
     write_json(layout.config, wanted)

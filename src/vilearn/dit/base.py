@@ -18,6 +18,9 @@ class VelocityModel(nn.Module):
     # An auxiliary training loss of the last training-mode forward, for the trainer to add
     # (the cross-attention DiT's MoE load balancing); None when the model has none.
     aux_loss: Tensor | None = None
+    # Its linear layers by role: group name -> regular expression over full module names (the
+    # LoRA targets of ``train.lora``); each denoiser names its own.
+    LAYER_GROUPS: dict[str, str] = {}
 
     def _run(self, block: nn.Module, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

@@ -22,6 +22,16 @@ from vilearn.dit.vape import VAPE
 class MMDiT(VelocityModel):
     """Velocity model v(x_t, t | image tokens, visibility); flow convention: ``vilearn.flow``."""
 
+    # The single-stream blocks' linear1 (qkv + MLP in) and linear2 (attention + MLP out) count
+    # as attention.
+    LAYER_GROUPS = {
+        "attention": r"double_blocks\.\d+\.(img|txt)_attn\.(qkv|proj)|single_blocks\.\d+\.linear[12]",
+        "mlp": r"double_blocks\.\d+\.(img|txt)_mlp\.[02]",
+        "modulation": r"double_blocks\.\d+\.(img|txt)_mod\.lin|single_blocks\.\d+\.modulation\.lin"
+                      r"|final_layer\.adaLN_modulation\.1",
+        "embedders": r"latent_in|cond_in|(time|guidance)_in\.(in|out)_layer|final_layer\.linear",
+    }
+
     def __init__(self, config: DiTConfig, init: bool = True):
         super().__init__()
         self.config = config

@@ -161,6 +161,13 @@ class PlainDiT(VelocityModel):
     the trainer adds it to the flow-matching loss. Inference never computes it.
     """
 
+    LAYER_GROUPS = {
+        "attention": r"blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|out_proj)",
+        "mlp": r"blocks\.\d+\.(mlp\.fc[12]|moe\.(experts\.\d+|shared_experts)\.net\.(0\.proj|2))",
+        "skips": r"blocks\.\d+\.skip_linear",
+        "embedders": r"x_embedder|t_embedder\.mlp\.[02]|final_layer\.linear",
+    }
+
     def __init__(self, config: PlainDiTConfig, init: bool = True):
         super().__init__()
         self.config = config

@@ -4,13 +4,15 @@
 dataset: data/urdfs            # a prepared dataset with encoded latents and groups
 vae: runs/vae-tiny             # the VAE (run, checkpoint or weights) that made the latents
 vae_name: null                 # latents folder name under DATASET/latents (default: from vae)
+init: {dit: null, conditioner: true}       # start from released weights (fine-tuning)
+latent_norm: dataset           # dataset: per-channel stats; vae: the VAE's scale_factor (Hunyuan3D)
 model: {arch: mmdit, preset: tiny, vape: va-rope, ...}   # arch mmdit (DiTConfig) or plain
                                # (PlainDiTConfig, Hunyuan3D-2.1's); any key of that class
 conditioner: {kind: patch, image_size: 64, ...}
 timesteps: {density: logit-normal, ...}
 optim: {lr: 1.0e-4, warmup_steps: 100, ...}
 stages: [{tokens: 256, steps: 1000, batch_size: 16}, ...]   # progressive token schedule
-train: {seed: 0, grad_accum: 1, precision: auto, ...}
+train: {seed: 0, grad_accum: 1, precision: auto, lora: null, ...}   # lora: {rank, alpha, ...}
 val: {every: 500, shapes: 16, ...}
 ```
 """
@@ -56,6 +58,55 @@ class OptimConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """``train.lora``: LoRA adapters (peft) on the denoiser's linear layers.
+
+    The denoiser's pretrained weights (``init.dit``) stay frozen; trained are the adapters,
+    VAPE's own parameters (va-lpe's embeddings) and any layer the init weights do not have.
+
+    Attributes:
+        rank: r, the adapters' rank.
+        alpha: the adapters' output is scaled by alpha / rank.
+        dropout: dropout on the adapters' input.
+        targets: the layers that get adapters: group names of the denoiser's
+            ``LAYER_GROUPS`` (both: ``attention``, ``mlp`` (MoE experts included),
+            ``embedders``; the MM-DiT: ``modulation``; the cross-attention DiT: ``skips``), or
+            regular expressions matched against full module names (``double_blocks\\.[0-3]\\..*qkv``).
+    """
+
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attention"])
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.targets or not all(self.targets):
+            raise ValueError(f"targets must name at least one layer group or pattern, got {self.targets}")
+
+
+@dataclass
+class InitConfig:
+    """``init``: the weights fine-tuning starts from.
+
+    Attributes:
+        dit: a released denoiser folder as published, e.g. ``.../tencent/Hunyuan3D-2/
+            hunyuan3d-dit-v2-0`` (``config.yaml`` + ``model.fp16.safetensors`` or
+            ``model.fp16.ckpt``), or one written by ``vilearn export``. Empty: random init.
+        conditioner: also load the image encoder's weights from it when it carries them
+            (Hunyuan3D's checkpoints do), over those of ``conditioner.model``.
+    """
+
+    dit: str = ""
+    conditioner: bool = True
+
+
+@dataclass
 class LoopConfig:
     seed: int = 0
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -69,6 +120,7 @@ class LoopConfig:
     # from visibility or from the rotation itself.
     visibility: Literal["vst", "random"] = "vst"
     workers: int = 0  # DataLoader worker processes
+    lora: LoRAConfig | None = None  # LoRA fine-tuning of the denoiser (needs init.dit)
     log_every: int = 10
     ckpt_every: int = 500
     keep_checkpoints: int = 3
@@ -96,6 +148,10 @@ class TrainConfig:
     dataset: str = ""
     vae: str = ""
     vae_name: str | None = None
+    init: InitConfig = field(default_factory=InitConfig)
+    # How latents are scaled for the diffusion model: per-channel statistics of the dataset, or
+    # (``vae``) times the VAE's scale_factor, the convention Hunyuan3D's denoisers were trained in.
+    latent_norm: Literal["dataset", "vae"] = "dataset"
     model: dict = field(default_factory=lambda: {"preset": "tiny"})
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
@@ -108,6 +164,9 @@ class TrainConfig:
         if not self.stages:
             raise ValueError("stages: at least one (tokens, steps, batch_size) stage is required")
         _ = self.dit  # validates the model section now, naming a bad key
+        if self.train.lora is not None and not self.init.dit:
+            raise ValueError("train.lora: LoRA adapts pretrained weights; set init.dit (a released "
+                             "denoiser folder) or remove train.lora")
 
     @property
     def dit(self) -> DiTConfig | PlainDiTConfig:

@@ -21,6 +21,9 @@ class Denoiser(nn.Module):
     def __init__(self, dit: MMDiT | PlainDiT, conditioner: ImageConditioner):
         super().__init__()
         self.dit, self.conditioner = dit, conditioner
+        # State keys restored from the init weights, not saved (a LoRA run's frozen base).
+        self.frozen: set[str] = set()
+        self.lora_config = None  # peft's LoraConfig of a LoRA run (``vilearn.train.lora``)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, visible: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -38,16 +41,19 @@ class Denoiser(nn.Module):
         loss, self.dit.aux_loss = self.dit.aux_loss, None
         return loss
 
+    def _restored(self, key: str) -> bool:
+        """Whether ``key`` comes from elsewhere than the run: a frozen pretrained image encoder,
+        a LoRA run's frozen base."""
+        frozen_encoder = self.conditioner.frozen
+        return (frozen_encoder and key.startswith("conditioner.encoder.")) or key in self.frozen
+
     def trainable_state(self) -> dict[str, Tensor]:
-        """The state worth saving: everything but a frozen pretrained image encoder."""
-        frozen = self.conditioner.frozen
-        return {k: v for k, v in self.state_dict().items()
-                if not (frozen and k.startswith("conditioner.encoder."))}
+        """The state worth saving: everything but what ``_restored`` names."""
+        return {k: v for k, v in self.state_dict().items() if not self._restored(k)}
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
-        frozen = self.conditioner.frozen
-        missing = [k for k in missing if not (frozen and k.startswith("conditioner.encoder."))]
+        missing = [k for k in missing if not self._restored(k)]
         if missing or unexpected:
             raise KeyError(f"checkpoint does not fit the model: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")

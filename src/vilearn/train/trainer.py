@@ -10,12 +10,17 @@ Cut into named pieces: ``build_model``, ``build_optimizer``, ``check_inputs``,
     RUN/tb/                    TensorBoard events
     RUN/checkpoints/           step-XXXXXXX/{model,ema,optimizer,rng}.safetensors + meta.json, latest
     RUN/val/step-XXXXXXX.png   generated meshes next to the condition images
+    RUN/init.json              where the weights came from (``init.dit``), when fine-tuning
+    RUN/adapter/               a LoRA run's EMA adapters in peft's layout (``vilearn.train.lora``)
 
 Exactness: the data order, each item's random choices, the timesteps, the noise and the
 condition dropout of step s are pure functions of (seed, s); the LR is a function of s; model,
 EMA, optimizer and RNG states are saved. A run stopped at step s and resumed therefore
 reproduces the uninterrupted loss curve exactly on CPU. Stages of the progressive token
-schedule share the optimizer and EMA (the denoiser's weights do not depend on N).
+schedule share the optimizer and EMA (the denoiser's weights do not depend on N). Fine-tuning
+starts from released weights (``init.dit``, ``vilearn.train.pretrained``), in full or with LoRA
+(``train.lora``): the optimizer and the EMA then hold the adapters and the few tensors trained
+with them, and the frozen base is read from ``init.dit`` again on resume.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ def check_inputs(config: TrainConfig) -> dict[int, LatentStats]:
                 f"dataset {config.dataset}: no latents for VAE {name!r} at {stage.tokens} tokens "
                 f"({path} is missing; run 'vilearn encode' and 'vilearn group' first)")
         stats[stage.tokens] = LatentStats.load(path)
+        if config.latent_norm == "vae":
+            stats[stage.tokens] = vae_scale_stats(path.parent.parent / "vae.json", stats[stage.tokens])
         if stats[stage.tokens].channels != dit.in_channels:
             raise ConfigError(
                 f"VAE/DiT channel mismatch: the latents of {name!r} have "
@@ -90,10 +97,23 @@ def check_inputs(config: TrainConfig) -> dict[int, LatentStats]:
     return stats
 
 
+def vae_scale_stats(meta: Path, dataset_stats: LatentStats) -> LatentStats:
+    """``latent_norm: vae``: latents times the VAE's scale_factor (mean 0, std 1 / scale), as
+    Hunyuan3D's denoisers were trained; ``meta`` is the latents' vae.json (from encode)."""
+    from vilearn.io import read_json
+
+    scale = read_json(meta)["vae_config"].get("scale_factor", 1.0)
+    return LatentStats.identity(dataset_stats.channels, scale)
+
+
 def cached_features(config: TrainConfig, model: Denoiser) -> str | None:
     """The features folder the run reads (``conditioner.cached``), checked at start; else None."""
     if not config.conditioner.cached:
         return None
+    if model.init_report is not None and model.init_report["conditioner_differs"]:
+        raise ConfigError("conditioner.cached: the features come from conditioner.model's DINOv2, "
+                          f"but {config.init.dit} carries other DINOv2 weights, which training "
+                          "would use at inference; set init.conditioner: false, or train uncached")
     from vilearn.train.features import check_features
 
     try:
@@ -103,10 +123,22 @@ def cached_features(config: TrainConfig, model: Denoiser) -> str | None:
 
 
 def build_model(config: TrainConfig) -> Denoiser:
+    """The denoiser of ``config``: random, or the released ``init.dit`` (then, with
+    ``train.lora``, adapters on it); ``model.init_report`` says what was loaded."""
     conditioner = build_conditioner(config.conditioner, context_in_dim=config.dit.context_in_dim)
     dit = build_denoiser(config.dit)
     dit.gradient_checkpointing = config.train.gradient_checkpointing
-    return Denoiser(dit, conditioner)
+    model = Denoiser(dit, conditioner)
+    model.init_report = None
+    if config.init.dit:
+        from vilearn.train.pretrained import init_from_released
+
+        model.init_report = init_from_released(model, config.init.dit, config.init.conditioner)
+        if config.train.lora is not None:
+            from vilearn.train.lora import apply_lora
+
+            apply_lora(model, config.train.lora, keep_trainable=model.init_report["new"])
+    return model
 
 
 def build_optimizer(model: Denoiser, config: TrainConfig) -> torch.optim.AdamW:
@@ -200,12 +232,17 @@ def bare_model(accelerator, model) -> Denoiser:
 def save_state(out: Path, step: int, model: Denoiser, optimizer, ema: EMA, config: TrainConfig) -> Path:
     meta = {"config": to_dict(config), "dit_config": to_dict(config.dit), "git": git_commit(),
             "stage": config.stage_at(step)[0] if step < config.total_steps else len(config.stages) - 1}
-    return save_checkpoint(out / "checkpoints", step, {
+    path = save_checkpoint(out / "checkpoints", step, {
         "model": model.trainable_state(),
         "ema": ema.state_dict(),
         "optimizer": optimizer_to_tensors(optimizer.state_dict()),
         "rng": capture_rng_state(),
     }, meta=meta, keep=config.train.keep_checkpoints)
+    if model.lora_config is not None:
+        from vilearn.train.lora import save_adapter
+
+        save_adapter(out / "adapter", model, ema.averaged(model))
+    return path
 
 
 def load_state(path: Path, model: Denoiser, optimizer, ema: EMA) -> int:
@@ -290,6 +327,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
         write_text(out / "git.txt", (git_commit() or "unknown") + "\n")
         for tokens, stat in stats.items():
             write_json(out / "latent_stats" / f"{tokens}.json", stat.to_dict())
+        if model.init_report is not None:
+            write_json(out / "init.json", model.init_report)
     image_size, crop = model.conditioner.image_size, model.conditioner.crop
     if t.compile:
         model = torch.compile(model)

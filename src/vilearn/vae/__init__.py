@@ -2,8 +2,9 @@
 
 Public API (shapes: B batch, P surface points, N tokens, C = embed_dim, W = width, M queries):
 
-- ``VecSetVAE(VAEConfig)``; ``preset("tiny" | "hunyuan3d-vae-v2-0")``
-- ``vae.encode(surface (B, P, 6), num_tokens=N | anchor_index=(B, N)) -> Encoded``
+- ``VecSetVAE(VAEConfig)``; ``preset("tiny" | "hunyuan3d-vae-v2-0" | "hunyuan3d-vae-v2-1" |
+  "hunyuan3d-vae-v2-0-withencoder")`` (the last two: packaged released configs)
+- ``vae.encode(surface (B, P, 3 + point_feats), num_tokens=N | anchor_index=(B, N)) -> Encoded``
   (``.posterior.mean / .logvar`` (B, N, C), ``.anchors`` (B, N, 3), ``.anchor_index`` (B, N))
 - ``vae.decode(latents (B, N, C)) -> tokens (B, N, W)`` (post-KL -> transformer)
 - ``vae.query(points (B, M, 3), tokens, key_mask=None) -> logits (B, M)``
@@ -22,11 +23,13 @@ Compatibility with Hunyuan3D (what differs, on purpose):
   drop-path, the KV cache and the FlashVDM attention processors are not reproduced. Our
   ``marching_cubes`` maps grid index i to ``i * 2b / R - b``; hy3dgen divides by R + 1.
 - Hunyuan3D-2.1 ``hy3dshape`` encoder: same names (``encoder.input_proj``,
-  ``encoder.cross_attn``, ``encoder.self_attn``, ``encoder.ln_post``, ``pre_kl``) and block
-  maths, but the queries are a deterministic FPS (fpsample, start index 0) over all given
-  points rather than torch_cluster FPS with a random start over a random subset of
-  ``num_latents * downsample_ratio`` points, and there is no separate sharp-edge point set.
-  Not verified against a released 2.1 checkpoint (none is reachable here).
+  ``encoder.cross_attn``, ``encoder.self_attn``, ``encoder.ln_post``, ``pre_kl``) and maths:
+  a released-layout folder (config.yaml + model.fp16.ckpt) loads strictly and encodes and
+  decodes as hy3dshape does on the same random weights (< 1e-5; tests/fixtures/hy21-vae). Its
+  input (``vilearn.vae.input``) is hy3dshape's: N * downsample_ratio points, the uniform /
+  sharp-edge split of points and tokens, uniform tokens first, the sharp flag; the subset and
+  the FPS start are deterministic instead of random. Not verified against released weights
+  (none is reachable here).
 """
 
 from vilearn.vae.config import PRESETS, VAEConfig, preset

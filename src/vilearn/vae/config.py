@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from vilearn.config import ConfigError, from_dict
+from vilearn.config import ConfigError, from_dict, read_yaml, resolve_config_path
 
 
 @dataclass
@@ -27,7 +27,7 @@ class VAEConfig:
     include_pi: bool = True
     qkv_bias: bool = True
     qk_norm: bool = False
-    point_feats: int = 3  # normals as extra input channels of the encoder
+    point_feats: int = 3  # encoder input channels after xyz: 0, 3 (normal) or 4 (normal, sharp flag)
     use_ln_post: bool = True  # encoder's final LayerNorm (hy3dshape 2.1)
     geo_decoder_mlp_expand_ratio: int = 4
     geo_decoder_downsample_ratio: int = 1
@@ -35,6 +35,13 @@ class VAEConfig:
     label_type: Literal["binary", "tsdf"] = "binary"
     scale_factor: float = 1.0  # latent scale used by the diffusion model (hy3dgen's convention)
     with_encoder: bool = True
+    # What the encoder reads (hy3dshape's names; no weight depends on them, see
+    # ``vilearn.vae.input``): N tokens read N * downsample_ratio surface points, the fraction
+    # pc_sharpedge_size / (pc_size + pc_sharpedge_size) of them (and of the tokens) on sharp
+    # edges. downsample_ratio 0 (our VAEs): the caller's point count, tokens by FPS over all.
+    pc_size: int = 0
+    pc_sharpedge_size: int = 0
+    downsample_ratio: int = 0
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "width", "heads", "num_latents"):
@@ -47,6 +54,11 @@ class VAEConfig:
             raise ValueError(f"geo_decoder_downsample_ratio {ratio} must divide width and heads")
         if self.num_freqs < 0 or self.num_encoder_layers < 0 or self.num_decoder_layers < 0:
             raise ValueError("num_freqs and layer counts must be >= 0")
+        if self.point_feats not in (0, 3, 4):
+            raise ValueError(f"point_feats must be 0 (xyz), 3 (xyz + normal) or 4 (xyz + normal + "
+                             f"sharp-edge flag), got {self.point_feats}")
+        if min(self.pc_size, self.pc_sharpedge_size, self.downsample_ratio) < 0:
+            raise ValueError("pc_size, pc_sharpedge_size and downsample_ratio must be >= 0")
 
 
 PRESETS: dict[str, VAEConfig] = {
@@ -63,23 +75,29 @@ PRESETS: dict[str, VAEConfig] = {
     ),
 }
 
-# hy3dgen (2.0 and 2.1) keys that describe data sampling or training, not weights.
-_HY3DGEN_IGNORED = {
-    "pc_size", "pc_sharpedge_size", "downsample_ratio", "drop_path_rate", "ckpt_path",
+# hy3dgen (2.0 and 2.1) keys that describe training, not weights or the encoder's input.
+_HY3DGEN_IGNORED = {"drop_path_rate", "ckpt_path"}
+# hy3dshape's ShapeVAE defaults for the encoder keys its YAML files may leave out.
+_HY3DGEN_ENCODER_DEFAULTS = {
+    "num_encoder_layers": 8, "pc_size": 5120, "pc_sharpedge_size": 5120, "downsample_ratio": 20,
 }
+# Released Hunyuan3D VAE configs packaged as YAML in hy3dgen's layout (``configs/<name>.yaml``).
+PACKAGED = ("hunyuan3d-vae-v2-1", "hunyuan3d-vae-v2-0-withencoder")
 
 
 def from_hy3dgen_params(params: dict, has_encoder: bool) -> VAEConfig:
     """A hy3dgen YAML ``params`` mapping -> VAEConfig (unknown keys raise ConfigError)."""
     data = {k: v for k, v in params.items() if k not in _HY3DGEN_IGNORED}
+    if has_encoder:
+        data = {**_HY3DGEN_ENCODER_DEFAULTS, **data}
     config = from_dict(VAEConfig, data, "params")
-    if has_encoder and "num_encoder_layers" not in params:
-        # hy3dshape 2.1's default when its YAML does not say.
-        config = replace(config, num_encoder_layers=8)
     return replace(config, with_encoder=has_encoder)
 
 
 def preset(name: str) -> VAEConfig:
+    """A named architecture: ``PRESETS``, or a packaged released config (``PACKAGED``)."""
+    if name in PACKAGED:
+        return from_hy3dgen_params(read_yaml(resolve_config_path(name))["params"], has_encoder=True)
     if name not in PRESETS:
-        raise ConfigError(f"unknown VAE preset {name!r} (known: {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown VAE preset {name!r} (known: {', '.join([*PRESETS, *PACKAGED])})")
     return PRESETS[name]

@@ -1,15 +1,11 @@
 """Point cross-attention encoder (3DShape2VecSet / Hunyuan3D-2.1 ``PointCrossAttentionEncoder``).
 
 Names and maths follow hy3dshape 2.1 (``input_proj``, ``cross_attn``, ``self_attn``,
-``ln_post``), with these deliberate differences:
-
-- the N query points are the deterministic FPS picks of *all* given surface points
-  (``fps.fps_indices``, start index 0) instead of torch_cluster FPS with a random start over a
-  random subset of ``num_latents * downsample_ratio`` points, so a shape always encodes to the
-  same token order; the number of input points is chosen by the data loader;
-- no separate sharp-edge point set (hy3dshape's ``pc_sharpedge_size``): the whole input is one
-  set, which is hy3dshape with ``pc_sharpedge_size = 0``;
-- normals enter as raw features (hy3dshape's ``normal_pe = False``, its default).
+``ln_post``; checked against it on random weights, tests/fixtures/hy21-vae). What it reads is
+chosen outside, by ``vilearn.vae.input`` (hy3dshape does it inside its encoder): the surface
+points and, among them, the anchor of each token, in token order (for Hunyuan3D's VAEs the FPS
+picks of the uniform samples, then of the sharp-edge ones). Normals and the sharp flag enter
+as raw features (hy3dshape's ``normal_pe = False``, its default).
 """
 
 from __future__ import annotations

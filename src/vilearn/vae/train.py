@@ -145,6 +145,12 @@ def train_vae(dataset: str | Path, config: TrainVAEConfig, out: str | Path,
     from accelerate import Accelerator
 
     out = Path(out)
+    m = config.model
+    if m.point_feats != 3 or m.downsample_ratio:
+        raise ConfigError(f"model: train-vae feeds xyz + normal over data.num_surface points "
+                          f"(point_feats 3, downsample_ratio 0); point_feats {m.point_feats} / "
+                          f"downsample_ratio {m.downsample_ratio} (a Hunyuan3D VAE's input) is "
+                          f"encoded by 'vilearn encode' but not trained here")
     t = config.train
     accelerator = Accelerator(mixed_precision=resolve_precision(t.precision))
     main = accelerator.is_main_process

@@ -1,0 +1,203 @@
+"""Released denoiser folders, as published on the hub: read one to start fine-tuning from it
+(``init.dit``), write one from a run (``vilearn export``).
+
+The layout (Hunyuan3D-2's ``from_pretrained`` / ``smart_load_model``; 2.1's is the same)::
+
+    tencent/Hunyuan3D-2/hunyuan3d-dit-v2-0/config.yaml            model / vae / conditioner / ...
+    tencent/Hunyuan3D-2/hunyuan3d-dit-v2-0/model.fp16.safetensors keys model.*, vae.*, conditioner.*
+    tencent/Hunyuan3D-2.1/hunyuan3d-dit-v2-1/config.yaml
+    tencent/Hunyuan3D-2.1/hunyuan3d-dit-v2-1/model.fp16.ckpt      torch.save({"model": {...},
+                                                                      "vae": {...}, "conditioner": {...}})
+
+``config.yaml``'s ``model`` section names the denoiser class (``target``: hy3dgen's
+``Hunyuan3DDiT`` loads into ``MMDiT``, hy3dshape's ``HunYuanDiTPlain`` into ``PlainDiT``) and its
+constructor ``params``, which must be the ``model`` section's. The checkpoint's ``conditioner``
+part is hy3dgen's ``SingleImageEncoder`` (``main_image_encoder.model.*``: a transformers
+DINOv2), its ``vae`` part the VAE decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vilearn.config import ConfigError, read_yaml
+from vilearn.dit import MMDiT, PlainDiT, load_released
+from vilearn.io import atomic_open, save_safetensors, write_json, write_text
+from vilearn.train.denoiser import Denoiser
+
+WEIGHT_NAMES = ("model.fp16.safetensors", "model.safetensors", "model.fp16.ckpt", "model.ckpt")
+PARTS = ("model", "vae", "conditioner")
+CONDITIONER_PREFIX = "main_image_encoder.model."  # hy3dgen's SingleImageEncoder -> its DINOv2
+# Released class -> (our class, its constructor params that are our config's fields of the same
+# name, params that must have the one value our class implements).
+ARCHITECTURES = {
+    "Hunyuan3DDiT": (MMDiT, ("in_channels", "context_in_dim", "hidden_size", "mlp_ratio",
+                             "num_heads", "depth", "depth_single_blocks", "theta", "qkv_bias",
+                             "guidance_embed", "time_factor"), {}),
+    "HunYuanDiTPlain": (PlainDiT, ("in_channels", "context_dim", "hidden_size", "depth", "num_heads",
+                                   "qk_norm", "qkv_bias", "num_moe_layers", "num_experts",
+                                   "moe_top_k"),
+                        {"qk_norm_type": "rms", "with_decoupled_ca": False,
+                         "use_attention_pooling": False, "use_pos_emb": False}),
+}
+
+
+@dataclass
+class Released:
+    """One released denoiser folder: its config.yaml and its checkpoint, split by part."""
+
+    folder: Path
+    config: dict
+    weights: Path
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Released:
+        folder = Path(folder)
+        if not (folder / "config.yaml").is_file():
+            raise FileNotFoundError(f"{folder}: no config.yaml (a released denoiser folder holds "
+                                    f"config.yaml and one of {', '.join(WEIGHT_NAMES)})")
+        weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{folder}: no weights (looked for {', '.join(WEIGHT_NAMES)})")
+        config = read_yaml(folder / "config.yaml")
+        if not isinstance(config.get("model"), dict) or "target" not in config["model"]:
+            raise ConfigError(f"{folder / 'config.yaml'}: no model.target (not a released denoiser)")
+        return cls(folder, config, weights)
+
+    @property
+    def target(self) -> str:
+        return self.config["model"]["target"]
+
+    @property
+    def params(self) -> dict:
+        return self.config["model"].get("params") or {}
+
+    def parts(self) -> dict[str, dict[str, Tensor]]:
+        """{"model": ..., "vae": ..., "conditioner": ...} (the parts the checkpoint has)."""
+        if self.weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            flat = load_file(str(self.weights))
+            parts: dict[str, dict[str, Tensor]] = {}
+            for key, value in flat.items():
+                part, _, name = key.partition(".")
+                parts.setdefault(part, {})[name] = value
+        else:
+            parts = torch.load(self.weights, map_location="cpu", weights_only=True)
+        unknown = sorted(set(parts) - set(PARTS))
+        if "model" not in parts or unknown:
+            raise ValueError(f"{self.weights}: expected the parts {', '.join(PARTS)}, found "
+                             f"{', '.join(sorted(parts))}")
+        return parts
+
+
+def init_from_released(model: Denoiser, folder: str | Path, conditioner: bool = True) -> dict:
+    """Load a released folder's weights into ``model`` (strict); returns a report.
+
+    The report: ``dit`` and ``weights`` (the paths), ``new`` (the denoiser's parameters the
+    checkpoint does not have, left at their initial values: VAPE's own), ``conditioner`` (whether
+    the image encoder's weights were taken from the checkpoint) and ``conditioner_differs``
+    (whether they differ from those of ``conditioner.model``).
+    """
+    try:
+        released = Released.read(folder)
+        check_architecture(released, model)
+        parts = released.parts()
+        new = load_released(model.dit, parts["model"])
+    except ConfigError:
+        raise
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"init.dit: {error}") from error
+    took, differs = False, False
+    if conditioner and "conditioner" in parts and model.conditioner.config.kind == "dinov2":
+        differs = load_conditioner(model, parts["conditioner"], released.weights)
+        took = True
+    return {"dit": str(released.folder), "weights": str(released.weights), "new": new,
+            "conditioner": took, "conditioner_differs": differs}
+
+
+def check_architecture(released: Released, model: Denoiser) -> None:
+    """The released denoiser class must be the model's, with the model's params (each difference
+    is named)."""
+    name = released.target.rsplit(".", 1)[-1]
+    ours, same, fixed = ARCHITECTURES.get(name, (None, (), {}))
+    if ours is None or not isinstance(model.dit, ours):
+        raise ConfigError(f"init.dit: {released.folder} holds a {released.target}, which does not "
+                          f"load into a {type(model.dit).__name__} (set model.arch to match)")
+    params, config = released.params, model.dit.config
+    wrong = [f"{k}: {params[k]!r} there, {getattr(config, k)!r} here" for k in same
+             if k in params and params[k] != getattr(config, k)]
+    wrong += [f"{k}: {params[k]!r} there, only {v!r} is implemented" for k, v in fixed.items()
+              if k in params and params[k] != v]
+    if getattr(config, "time_embedding", "hunyuan3d-2") != "hunyuan3d-2":
+        wrong.append(f"model.time_embedding: {config.time_embedding!r} here, {name} has hunyuan3d-2's")
+    axes = params.get("axes_dim")  # Hunyuan3DDiT's RoPE axes: one, the head dimension
+    if axes is not None and list(axes) != [config.head_dim]:
+        wrong.append(f"axes_dim: {list(axes)} there, [head_dim] = [{config.head_dim}] here")
+    if wrong:
+        raise ConfigError(f"init.dit: {released.folder} does not fit the model section: "
+                          + "; ".join(wrong))
+
+
+def load_conditioner(model: Denoiser, state: dict[str, Tensor], where: Path) -> bool:
+    """hy3dgen's ``SingleImageEncoder`` weights -> the DINOv2 of ``model.conditioner`` (strict);
+    returns whether they differ from the ones it had (beyond float16 rounding)."""
+    dino = {k[len(CONDITIONER_PREFIX):]: v for k, v in state.items() if k.startswith(CONDITIONER_PREFIX)}
+    encoder = model.conditioner.encoder.model
+    before = encoder.state_dict()
+    differs = any(k not in before or before[k].shape != v.shape
+                  or not torch.allclose(before[k].float(), v.float(), rtol=1e-3, atol=1e-4)
+                  for k, v in dino.items())
+    missing, unexpected = encoder.load_state_dict(dino, strict=False)
+    if missing or unexpected or len(dino) != len(state):
+        raise ConfigError(f"init.dit: the conditioner weights of {where} do not fit conditioner.model "
+                          f"{model.conditioner.config.model!r} (missing {sorted(missing)[:3]}, unexpected "
+                          f"{sorted(unexpected)[:3]}); set init.conditioner: false to keep its own")
+    return differs
+
+
+def export_released(model: Denoiser, dit_state: dict[str, Tensor], init: str | Path,
+                    vae_state: dict[str, Tensor] | None, out: str | Path,
+                    half: bool = True, note: dict | None = None) -> Path:
+    """Write ``out`` as a released folder like ``init``: its config.yaml, and a checkpoint of the
+    same kind (safetensors or ckpt) holding ``dit_state`` (the denoiser, in the released names),
+    the conditioner's DINOv2 and ``vae_state`` (else the init checkpoint's VAE part).
+
+    ``half``: float16 weights (``model.fp16.*``, as released), else float32 (``model.*``).
+    Tensors the released class does not have (VAPE's, ``vape.*``) go to ``vape.safetensors``.
+    ``note`` is written to ``vilearn.json``. Returns the checkpoint's path.
+    """
+    released, out = Released.read(init), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: not empty; export into a new folder")
+    parts = {"model": {k: v for k, v in dit_state.items() if not k.startswith("vape.")}}
+    vape = {k: v for k, v in dit_state.items() if k.startswith("vape.")}
+    if vae_state is None:
+        vae_state = released.parts().get("vae")
+    if vae_state is not None:
+        parts["vae"] = vae_state
+    if model.conditioner.config.kind == "dinov2":
+        parts["conditioner"] = {CONDITIONER_PREFIX + k: v
+                                for k, v in model.conditioner.encoder.model.state_dict().items()}
+    dtype = torch.float16 if half else torch.float32
+    parts = {part: {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+             for part, tensors in parts.items()}
+    stem = "model.fp16" if half else "model"
+    if released.weights.suffix == ".safetensors":
+        path = out / f"{stem}.safetensors"
+        save_safetensors(path, {f"{part}.{k}": v for part, tensors in parts.items()
+                                for k, v in tensors.items()})
+    else:
+        path = out / f"{stem}.ckpt"
+        with atomic_open(path) as handle:
+            torch.save({part: {k: v.contiguous() for k, v in t.items()} for part, t in parts.items()},
+                       handle)
+    if vape:
+        save_safetensors(out / "vape.safetensors", vape)
+    write_text(out / "config.yaml", (released.folder / "config.yaml").read_text())
+    write_json(out / "vilearn.json", {"init": str(released.folder), **(note or {})})
+    return path

@@ -61,7 +61,10 @@ def test_evaluate_end_to_end_on_a_tiny_run(encoded, tmp_path):
                                       "--steps", "2", "--resolution", "32", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "eval.json").read_text())
-    assert set(report) == {"model", "ceiling", "chance"}
+    assert set(report) == {"model", "ceiling", "chance", "condition_gap"}
+    gap = report["condition_gap"]  # the tiny dataset holds out one object: own and null only
+    assert gap["views"] >= 1 and isinstance(gap["loss_null"], float) and "single object" in gap["note"]
+    assert "## Condition gap" in (out / "eval.md").read_text()
     rows = report["model"]["rows"]
     assert len(rows) == 4 and {r["seed"] for r in rows} == {0, 1}
     # the ceiling decodes each shape's own latents: same shapes and views as the model rows
@@ -79,7 +82,7 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     from vilearn.config import load_config
 
     prepare = tmp_path / "prepare.yaml"
-    prepare.write_text("surface_points: 2048\nuniform_points: 1024\nnear_points: 1024\nval_fraction: 0.34\n"
+    prepare.write_text("surface_points: 2048\nuniform_points: 1024\nnear_points: 1024\nval_fraction: 0.6\n"
                        "views: {count: 2, image_size: 64, visible_points: 512}\n")
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump({
@@ -106,6 +109,27 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     text = report.read_text()
     assert "| fscore@0.05 | va-rope-random |" in text and "Chance and ceiling" in text
     assert (tmp_path / "out" / "curve-fscore_0.05.png").is_file()
+    # summary.json: the final metrics are the last evaluation's, the speed-ups the curves' (paired
+    # by seed), and the condition gap the last validation record's
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["config"]["steps"] == 4 and set(summary["chance"]) >= {"fscore@0.05", "chamfer_l1"}
+    runs = {(r["variant"], r["seed"]): r for r in summary["runs"]}
+    assert set(runs) == {("none", 0), ("va-rope-random", 0)}
+    final = {r["variant"]: r["means"] for r in records if r["step"] == 4}
+    for (variant, _), run in runs.items():
+        assert run["metrics"] == pytest.approx(final[variant], nan_ok=True)
+        log = [json.loads(line) for line in
+               (tmp_path / "out" / "runs" / f"{variant}-seed0" / "log.jsonl").read_text().splitlines()]
+        last = [r for r in log if r.get("split") == "val" and "loss" in r][-1]
+        assert run["condition_gap"]["absolute"] == pytest.approx(last["condition_gap"])
+        assert run["condition_gap"]["fraction"] == pytest.approx(last["condition_gap_fraction"])
+    from vilearn.bench.speedup import speedup
+
+    curve = {v: [r["means"]["fscore@0.05"] for r in sorted(records, key=lambda r: r["step"])
+                 if r["variant"] == v] for v in ("none", "va-rope-random")}
+    expected = speedup([2, 4], curve["none"], curve["va-rope-random"], True, bench.average_last)["speedup"]
+    assert runs[("va-rope-random", 0)]["speedup"]["fscore@0.05"] == pytest.approx(expected, nan_ok=True)
+    assert "## Condition gap" in text and (tmp_path / "out" / "curve-condition-gap.png").is_file()
     # a second call finds everything done and only redraws the report
     run_benchmark(bench, tmp_path / "out", say=lambda text: None)
     again = (tmp_path / "out" / "results.jsonl").read_text().splitlines()

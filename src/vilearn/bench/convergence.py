@@ -184,22 +184,31 @@ def curves(records: list[dict], metric: str) -> dict[str, tuple[np.ndarray, np.n
     return out
 
 
+VAL_KEYS = ("loss", "loss_fixed", "loss_other", "loss_null", "condition_gap", "condition_gap_fraction")
+
+
+def val_records(out: Path, variant: str, seed: int) -> dict[int, dict]:
+    """step -> the run's held-out validation record (the last one logged at that step)."""
+    log = out / "runs" / f"{variant}-seed{seed}" / "log.jsonl"
+    return {r["step"]: r for r in _read(log) if r.get("split") == "val" and "loss" in r}
+
+
 def flow_loss_curves(out: Path, bench: BenchConfig) -> dict[str, dict[str, list]]:
-    """variant -> {"step", "loss" (true VST), "loss_fixed"} from the runs' logs (seed-averaged)."""
+    """variant -> {"step", "loss" (true VST), "loss_fixed", "loss_other", "loss_null",
+    "condition_gap", "condition_gap_fraction"} from the runs' logs, seed-averaged (a key a run
+    did not log is NaN; ``loss_fixed`` defaults to ``loss`` for variants without visibility)."""
     result = {}
     for variant in bench.variants:
         per_step: dict[int, dict[str, list[float]]] = {}
         for seed in bench.seeds:
-            log = out / "runs" / f"{variant}-seed{seed}" / "log.jsonl"
-            for r in _read(log):
-                if r.get("split") == "val" and "loss" in r:
-                    entry = per_step.setdefault(r["step"], {"loss": [], "loss_fixed": []})
-                    entry["loss"].append(r["loss"])
-                    entry["loss_fixed"].append(r.get("loss_fixed", r["loss"]))
+            for step, r in val_records(out, variant, seed).items():
+                entry = per_step.setdefault(step, {k: [] for k in VAL_KEYS})
+                for key in VAL_KEYS:
+                    default = r["loss"] if key == "loss_fixed" else math.nan
+                    entry[key].append(float(r.get(key, default)))
         steps = sorted(per_step)
-        result[variant] = {"step": steps,
-                           "loss": [float(np.mean(per_step[s]["loss"])) for s in steps],
-                           "loss_fixed": [float(np.mean(per_step[s]["loss_fixed"])) for s in steps]}
+        result[variant] = {"step": steps, **{key: [float(np.mean(per_step[s][key])) for s in steps]
+                                             for key in VAL_KEYS}}
     return result
 
 
@@ -304,6 +313,110 @@ def write_report(out: Path, bench: BenchConfig) -> Path:
             if curve["step"]:
                 lines.append(f"| {variant} | {curve['step'][-1]} | {curve['loss_fixed'][-1]:.4f} | "
                              f"{curve['loss'][-1]:.4f} |")
+        lines += condition_gap_section(out, losses, plt)
     path = out / "convergence.md"
     write_text(path, "\n".join(lines) + "\n")
+    write_summary(out, bench, records, references)
     return path
+
+
+def condition_gap_section(out: Path, losses: dict[str, dict[str, list]], plt) -> list[str]:
+    """The condition gap of every variant over training: a plot, the final values and a verdict."""
+    from vilearn.train.validation import condition_gap_verdict
+
+    measured = {v: c for v, c in losses.items()
+                if c["step"] and not all(map(math.isnan, c["condition_gap"]))}
+    if not measured:
+        return ["", "## Condition gap", "", "Not measured: no run's validation logged another object's loss."]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for variant, curve in measured.items():
+        percent = [100 * f for f in curve["condition_gap_fraction"]]
+        axis.plot(curve["step"], percent, marker="o", label=variant)
+    axis.set_xlabel("training step")
+    axis.set_ylabel("condition gap, % of the held-out loss")
+    axis.axhline(0.0, color="grey", linewidth=0.8)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "curve-condition-gap.png", dpi=110)
+    plt.close(figure)
+    lines = ["", "## Condition gap", "",
+             "Held-out flow loss (true VST) with another object's image minus with the view's own "
+             "image, as a share of the loss: how much each model reads its condition. The null "
+             "condition's loss is the unconditional model's.", "",
+             "![condition gap](curve-condition-gap.png)", "",
+             "| variant | step | loss, own | loss, another object's | loss, null | gap | gap / loss |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, curve in measured.items():
+        lines.append(f"| {variant} | {curve['step'][-1]} | {curve['loss'][-1]:.4f} | "
+                     f"{curve['loss_other'][-1]:.4f} | {curve['loss_null'][-1]:.4f} | "
+                     f"{curve['condition_gap'][-1]:.4f} | {curve['condition_gap_fraction'][-1]:.2%} |")
+    if "none" in measured:
+        lines += ["", f"Baseline: {condition_gap_verdict(measured['none']['condition_gap_fraction'][-1])}."]
+    return lines
+
+
+def run_speedups(records: list[dict], bench: BenchConfig, variant: str, seed: int) -> dict:
+    """metric -> this run's speed-up over the ``none`` run of the same seed (None: not reached)."""
+    def curve(name: str, metric: str) -> tuple[list[int], list[float]]:
+        rows = sorted((r["step"], r["means"].get(metric, math.nan)) for r in records
+                      if r["variant"] == name and r["seed"] == seed)
+        return [s for s, _ in rows], [v for _, v in rows]
+
+    out = {}
+    for metric in bench.metrics:
+        base_steps, base = curve("none", metric)
+        steps, values = curve(variant, metric)
+        if variant == "none" or not steps or steps != base_steps:
+            out[metric] = None if variant != "none" else 1.0
+            continue
+        out[metric] = speedup(steps, base, values, higher_is_better(metric), bench.average_last)["speedup"]
+    return out
+
+
+def write_summary(out: Path, bench: BenchConfig, records: list[dict], references: dict) -> Path:
+    """OUT/summary.json: the benchmark in machine-readable form (see the README)."""
+    from vilearn.config import to_dict
+
+    runs = []
+    for variant in bench.variants:
+        for seed in bench.seeds:
+            mine = sorted((r for r in records if r["variant"] == variant and r["seed"] == seed),
+                          key=lambda r: r["step"])
+            if not mine:
+                continue
+            val = val_records(out, variant, seed)
+            last = val[max(val)] if val else {}
+            runs.append({
+                "variant": variant, "seed": seed, "step": mine[-1]["step"],
+                "metrics": dict(mine[-1]["means"]),  # every metric of the last evaluation
+                "curve": {"step": [r["step"] for r in mine],
+                          **{m: [r["means"].get(m) for r in mine] for m in bench.metrics}},
+                "condition_gap": {"absolute": last.get("condition_gap"),
+                                  "fraction": last.get("condition_gap_fraction"),
+                                  "loss": last.get("loss"), "loss_other": last.get("loss_other"),
+                                  "loss_null": last.get("loss_null"), "step": last.get("step")},
+                "flow_loss": {"true_vst": last.get("loss"),
+                              "fixed_partition": last.get("loss_fixed", last.get("loss"))},
+                "speedup": run_speedups(records, bench, variant, seed),
+            })
+    summary = {
+        "config": to_dict(bench),
+        "partition_ratio": partition_ratio(bench, out),
+        "chance": references.get("chance", {}),
+        "ceiling": references.get("ceiling", {}),
+        "runs": runs,
+    }
+    path = out / "summary.json"
+    write_json(path, _finite(summary))
+    return path
+
+
+def _finite(value):
+    """NaN and infinities as null, so summary.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

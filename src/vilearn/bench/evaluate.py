@@ -126,6 +126,48 @@ def reference_scores(dataset: str | Path, vae, vae_name: str, tokens: int, mode:
     return EvalResult(rows, summarize(rows), meshes)
 
 
+def measure_condition_gap(trained, views: int = 64, split: str = "val") -> dict:
+    """How much the model reads its condition: the held-out flow loss (true VST, fixed noise and
+    timesteps, EMA weights) with each view's own condition, another object's and the null one
+    (``Validator.condition_gap``) on the first ``views`` held-out views, plus a verdict."""
+    import dataclasses
+
+    from vilearn.train.trainer import cached_features, resolved_vae_name
+    from vilearn.train.validation import Validator, condition_gap_verdict
+
+    config = trained.config
+    config = dataclasses.replace(config, val=dataclasses.replace(config.val, shapes=views))
+    validator = Validator(config, resolved_vae_name(config), trained.stats, out=".",
+                          features=cached_features(config, trained.model))
+    model = trained.model
+    items = validator.held_out(trained.tokens, model.conditioner.image_size, model.conditioner.crop, split)
+    if not items:
+        return {"views": 0,
+                "verdict": f"condition gap not measured: no {split!r} view with latents and groups"}
+    record = validator.condition_gap(model, items, trained.stats[trained.tokens])
+    verdict = condition_gap_verdict(record.get("condition_gap_fraction"))
+    return {"views": len(items), "split": split, **record, "verdict": verdict}
+
+
+def condition_gap_lines(gap: dict) -> list[str]:
+    """The condition gap as Markdown for a report."""
+    if "loss" not in gap:
+        return ["## Condition gap", "", gap["verdict"]]
+    lines = ["## Condition gap", "",
+             f"Held-out flow loss on {gap['views']} views (fixed noise and timesteps, true VST):", "",
+             "| condition | loss | " + " | ".join(f"t = {t}" for t in gap["t"]) + " |",
+             "|---|---|" + "---|" * len(gap["t"])]
+    for name, key in (("own image", "loss"), ("another object's image", "loss_other"),
+                      ("null condition", "loss_null")):
+        if key in gap:
+            cells = " | ".join(f"{v:.4f}" for v in gap[f"{key}_by_t"])
+            lines.append(f"| {name} | {gap[key]:.4f} | {cells} |")
+    if "condition_gap" in gap:
+        lines += ["", f"Gap (another object's - own): {gap['condition_gap']:.4f}, "
+                  f"{gap['condition_gap_fraction']:.1%} of the loss (t runs from noise, 0, to data, 1)."]
+    return lines + ["", gap["verdict"] + "."]
+
+
 def summarize(rows: list[dict]) -> dict[str, Summary]:
     metrics = [{k: v for k, v in row.items() if isinstance(v, float)} for row in rows]
     return aggregate(metrics)
@@ -152,19 +194,24 @@ def markdown_table(columns: dict[str, dict[str, Summary]]) -> str:
 
 
 def write_report(out: str | Path, results: dict[str, EvalResult], title: str, command: str,
-                 grid: tuple[str, str | Path] | None = None) -> Path:
+                 grid: tuple[str, str | Path] | None = None, condition_gap: dict | None = None) -> Path:
     """OUT/eval.json (every row and summary), OUT/eval.md (the table) and, with ``grid`` =
-    (result name, dataset), OUT/cases.png: the best and worst cases of that result."""
+    (result name, dataset), OUT/cases.png: the best and worst cases of that result;
+    ``condition_gap`` (``measure_condition_gap``) goes into both."""
     from vilearn.io import write_json, write_text
 
     out = Path(out)
-    write_json(out / "eval.json", {
-        name: {"summary": {k: s.to_dict() for k, s in r.summary.items()}, "rows": r.rows}
-        for name, r in results.items()})
+    report = {name: {"summary": {k: s.to_dict() for k, s in r.summary.items()}, "rows": r.rows}
+              for name, r in results.items()}
+    if condition_gap is not None:
+        report["condition_gap"] = condition_gap
+    write_json(out / "eval.json", report)
     text = [f"# {title}", "", f"Command: `{command}`", "",
             markdown_table({name: r.summary for name, r in results.items()}), "",
             "Means with 95% Student-t intervals over held-out views x seeds; NaN samples "
             "(an empty generation has no Chamfer) are left out of the mean and counted in eval.json."]
+    if condition_gap is not None:
+        text += ["", *condition_gap_lines(condition_gap)]
     if grid is not None:
         text += ["", "![best and worst cases](cases.png)"]
     write_text(out / "eval.md", "\n".join(text) + "\n")

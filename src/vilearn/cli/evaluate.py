@@ -38,7 +38,13 @@ def evaluate_command(
     import sys
 
     from vilearn.bench.data import default_device
-    from vilearn.bench.evaluate import EvalSettings, evaluate_model, reference_scores, write_report
+    from vilearn.bench.evaluate import (
+        EvalSettings,
+        evaluate_model,
+        measure_condition_gap,
+        reference_scores,
+        write_report,
+    )
     from vilearn.cli.progress import progress_bar
     from vilearn.engine.checkpoint import step_name
     from vilearn.train.loading import load_trained
@@ -67,6 +73,9 @@ def evaluate_command(
                 results[mode] = reference_scores(
                     trained.config.dataset, vae, resolved_vae_name(trained.config), trained.tokens,
                     mode, settings, on_item=lambda t=task: bar.advance(t))
+    gap = measure_condition_gap(trained, views=min(n, 64), split=split)
     report = write_report(out, results, f"Evaluation of {run} at step {trained.step}",
-                          "vilearn " + " ".join(sys.argv[1:]), grid=("model", trained.config.dataset))
+                          "vilearn " + " ".join(sys.argv[1:]), grid=("model", trained.config.dataset),
+                          condition_gap=gap)
+    console.print(gap["verdict"])
     console.print(f"report: {report}")

@@ -117,7 +117,7 @@ def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
 
 def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None] = print) -> Path:
     """Train, evaluate and report; returns the report's path (OUT/convergence.md)."""
-    from vilearn.bench.data import build_dataset, default_device, resolve_vae_path
+    from vilearn.bench.data import build_dataset, cache_condition_features, default_device, resolve_vae_path
     from vilearn.bench.evaluate import evaluate_model, reference_scores
     from vilearn.engine.checkpoint import latest_checkpoint
     from vilearn.train.loading import load_trained
@@ -128,6 +128,9 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
     d = bench.data
     vae = build_dataset(out / "dataset", d.source, d.limit, d.prepare, resolve_vae_path(d.vae),
                         d.vae_name, [d.tokens], say=say, device=default_device(), frame=d.frame)
+    base = train_config(bench, out, "none", bench.seeds[0])
+    if base.conditioner.cached:  # a frozen encoder's tokens, computed once for every run
+        cache_condition_features(base, say, default_device())
     results_path = out / "results.jsonl"
     done = {(r["variant"], r["seed"], r["step"]) for r in _read(results_path)}
     for step in range(bench.eval_every, bench.steps + 1, bench.eval_every):

@@ -10,17 +10,35 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-PACKAGED_VAE = Path(__file__).resolve().parents[1] / "assets" / "vae-tiny-urdfs.safetensors"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+PACKAGED_VAE = ASSETS / "vae-tiny-urdfs.safetensors"
 
 
 def resolve_vae_path(vae: str) -> Path:
-    """``packaged`` -> the committed tiny VAE; anything else is taken as a path."""
-    if vae != "packaged":
-        return Path(vae)
-    if not PACKAGED_VAE.is_file():
-        raise FileNotFoundError(f"no packaged tiny VAE at {PACKAGED_VAE}; train one with "
-                                "'vilearn train-vae DATASET --config vae-tiny --out RUN' and pass it")
-    return PACKAGED_VAE
+    """``packaged`` -> the committed tiny random_urdfs VAE; the name of another packaged VAE
+    (``vae-tiny-furniture``: ``assets/<name>.safetensors``) -> that one; else a path."""
+    if vae == "packaged":
+        if not PACKAGED_VAE.is_file():
+            raise FileNotFoundError(f"no packaged tiny VAE at {PACKAGED_VAE}; train one with "
+                                    "'vilearn train-vae DATASET --config vae-tiny --out RUN' and pass it")
+        return PACKAGED_VAE
+    asset = ASSETS / f"{vae}.safetensors"
+    return asset if "/" not in vae and asset.is_file() else Path(vae)
+
+
+def cache_condition_features(config, say: Callable[[str], None] = print, device: str = "cpu") -> str:
+    """Run a training config's frozen image encoder once over its dataset (``conditioner.cached``:
+    ``vilearn cache-features``, resumable); returns the features folder name."""
+    from vilearn.dit.conditioner import build_conditioner
+    from vilearn.train.features import cache_features
+
+    conditioner = build_conditioner(config.conditioner).to(device)
+    say(f"cache {config.conditioner.kind} features of {config.dataset}")
+    name, summary = cache_features(config.dataset, conditioner, batch=32)
+    if summary.failed:
+        say(f"  {len(summary.failed)} shape(s) without features (skipped in training): "
+            + ", ".join(f"{k}: {v}" for k, v in list(summary.failed.items())[:3]))
+    return name
 
 
 def default_device() -> str:

@@ -50,6 +50,7 @@ def encoded(tmp_path_factory, tiny_prepare_config):
     from vilearn.grouping.run import group_dataset
     from vilearn.vae import VecSetVAE, preset, save_vae
     from vilearn.vae.encode import encode_dataset
+    from vilearn.vae.identity import identify_vae
 
     root = tmp_path_factory.mktemp("encoded")
     config = dataclasses.replace(tiny_prepare_config, val_fraction=0.34)
@@ -57,6 +58,16 @@ def encoded(tmp_path_factory, tiny_prepare_config):
     torch.manual_seed(0)
     vae = VecSetVAE(preset("tiny")).eval()
     save_vae(root / "vae", vae)
-    encode_dataset(root / "data", vae, "vae", list(TOKENS), surface_points=1024)
-    group_dataset(root / "data", vae, "vae", list(TOKENS))
+    identity = identify_vae(vae, root / "vae")
+    encode_dataset(root / "data", vae, identity, list(TOKENS), surface_points=1024)
+    group_dataset(root / "data", vae, identity, list(TOKENS))
     return root
+
+
+
+@pytest.fixture(scope="session")
+def encoded_key(encoded) -> str:
+    """The latents folder name (``vae-<hash8>``) of the ``encoded`` fixture's VAE."""
+    from vilearn.vae.identity import load_identified
+
+    return load_identified(encoded / "vae")[1].key

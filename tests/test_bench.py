@@ -42,7 +42,7 @@ def test_speedup_not_reached_and_lower_is_better():
     assert result["speedup"] == pytest.approx(3.5 / 1.5)
 
 
-def test_evaluate_end_to_end_on_a_tiny_run(encoded, tmp_path):
+def test_evaluate_end_to_end_on_a_tiny_run(encoded, encoded_key, tmp_path):
     from typer.testing import CliRunner
 
     from vilearn.cli import app
@@ -70,7 +70,7 @@ def test_evaluate_end_to_end_on_a_tiny_run(encoded, tmp_path):
     # the ceiling decodes each shape's own latents: same shapes and views as the model rows
     assert {(r["id"], r["view"]) for r in report["ceiling"]["rows"]} == {(r["id"], r["view"]) for r in rows}
     assert {r["source"] for r in report["chance"]["rows"]} <= {r["id"] for r in rows} | set(
-        p.stem for p in (encoded / "data" / "latents" / "vae" / "32").glob("*.safetensors"))
+        p.stem for p in (encoded / "data" / "latents" / encoded_key / "32").glob("*.safetensors"))
     assert "fscore@0.05" in (out / "eval.md").read_text() and (out / "cases.png").is_file()
     iou = report["model"]["summary"]["iou"]
     assert 0.0 <= iou["mean"] <= 1.0 or math.isnan(iou["mean"])
@@ -137,14 +137,17 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     # the inference partition follows the visible-token fraction measured on the stored groups
     from vilearn.bench.convergence import train_config
 
-    groups = sorted((tmp_path / "out" / "dataset").glob("latents/*/32/groups/*.npz"))
+    (latents,) = (tmp_path / "out" / "dataset" / "latents").iterdir()  # bench-vae-<hash8>
+    key = latents.name
+    assert key.startswith("bench-vae-") and (latents / "vae.json").is_file()
+    groups = sorted(latents.glob("32/groups/*.npz"))
     visible = np.concatenate([np.load(g)["visible"] for g in groups])  # (views, 32) bool
     nonempty = visible.any(axis=1)
     expected = visible[nonempty].mean()
-    ratio = train_config(bench, tmp_path / "out", "none", 0).model["visible_ratio"]
+    ratio = train_config(bench, tmp_path / "out", "none", 0, key).model["visible_ratio"]
     assert abs(ratio - expected) < 1e-9 and abs(ratio - 1 / 3) > 1e-3
     # the view frame trains on uncropped condition images (their framing is the object's size)
-    assert train_config(bench, tmp_path / "out", "none", 0).conditioner.crop is False
+    assert train_config(bench, tmp_path / "out", "none", 0, key).conditioner.crop is False
     # bench-gpu's overrides replace whole sections (model, conditioner): the channels of the
     # stored latents, the measured partition and the uncropped view still reach the run
     import dataclasses
@@ -152,7 +155,8 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
     from safetensors.numpy import load_file
 
     gpu = load_config(BenchConfig, "bench-gpu")
-    wide = train_config(dataclasses.replace(bench, overrides=gpu.overrides), tmp_path / "out", "va-rope", 0)
+    wide = train_config(dataclasses.replace(bench, overrides=gpu.overrides), tmp_path / "out", "va-rope", 0,
+                        key)
     latent = next((tmp_path / "out" / "dataset").glob("latents/*/32/*.safetensors"))
     assert wide.model["in_channels"] == load_file(str(latent))["mean"].shape[-1]
     assert wide.model["hidden_size"] == 384 and abs(wide.model["visible_ratio"] - expected) < 1e-9

@@ -176,11 +176,35 @@ def test_va_lpe_adds_category_embeddings():
     streams = qk_streams(n_cond, n_shape, dim)
     pes = vape(visible, n_cond, n_shape)
     assert len(pes) == 2
-    cq, ck, sq, sk = pes[1](*streams)
-    e_v, e_i = vape.visible_embed[1], vape.invisible_embed[1]
+    e_v, e_i = vape.visible_embed[1].detach(), vape.invisible_embed[1].detach()
+    assert not torch.allclose(e_v, e_i)
+    # each of the four inputs, against the formula written out per token
+    per_token = torch.stack([e_v if bool(v) else e_i for v in visible.flatten()]).view(2, 1, n_shape, dim)
+    with torch.no_grad():
+        cq, ck, sq, sk = pes[1](*streams)
     torch.testing.assert_close(cq, streams[0] + e_v)
-    expected = torch.where(visible[:, None, :, None], e_v, e_i)
-    torch.testing.assert_close(sk, streams[3] + expected)
+    torch.testing.assert_close(ck, streams[1] + e_v)
+    torch.testing.assert_close(sq, streams[2] + per_token)
+    torch.testing.assert_close(sk, streams[3] + per_token)
+
+
+def test_va_lpe_reaches_the_output_through_a_non_zero_final_layer():
+    """End to end with every weight random (the final layer included): zero embeddings give the
+    `none` model exactly, and each of e_v and e_i then moves the prediction."""
+    base, lpe = twin("va-lpe")
+    x, t, cond = inputs()
+    visible = random_visible(2, 12)
+    assert lpe.final_layer.linear.weight.abs().sum() > 0
+    with torch.no_grad():
+        lpe.vape.visible_embed.zero_()
+        lpe.vape.invisible_embed.zero_()
+        torch.testing.assert_close(lpe(x, t, cond, visible=visible), base(x, t, cond))
+        reference = base(x, t, cond)
+        for name in ("visible_embed", "invisible_embed"):
+            getattr(lpe.vape, name).normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+            moved = (lpe(x, t, cond, visible=visible) - reference).abs().max()
+            assert moved > 1e-2, name
+            getattr(lpe.vape, name).zero_()
 
 
 def test_vape_needs_a_visibility_mask():

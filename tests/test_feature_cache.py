@@ -175,7 +175,8 @@ def test_training_on_cached_features_matches_on_the_fly_and_never_runs_the_encod
     np.testing.assert_allclose(cached_val, val, rtol=2e-3)
 
 
-def test_denoiser_on_cached_features_equals_it_on_images_with_the_same_dropout(encoded, dinov2, cached):
+def test_denoiser_on_cached_features_equals_it_on_images_with_the_same_dropout(encoded, encoded_key, dinov2,
+                                                                               cached):
     """Sensitive where a 2-step loss is not (the zero-initialised final layer hides the condition):
     random weights everywhere, the same views read both ways, half the conditions dropped."""
     from vilearn.train.trainer import build_model
@@ -187,8 +188,8 @@ def test_denoiser_on_cached_features_equals_it_on_images_with_the_same_dropout(e
         for param in on_images.dit.parameters():
             param.copy_(torch.randn_like(param) * 0.1)
     on_features.load_state_dict(on_images.state_dict())
-    images = LatentViewDataset(encoded / "data", "vae", 32, None, SIZE)
-    features = LatentViewDataset(encoded / "data", "vae", 32, None, SIZE, features=cached.name)
+    images = LatentViewDataset(encoded / "data", encoded_key, 32, None, SIZE)
+    features = LatentViewDataset(encoded / "data", encoded_key, 32, None, SIZE, features=cached.name)
     keys = [(i, 7 * i) for i in range(len(images))]
     batch_images = torch.stack([images[key]["image"] for key in keys])
     batch_features = torch.stack([features[key]["features"] for key in keys])
@@ -221,15 +222,15 @@ def test_sample_grid_with_cached_features(encoded, dinov2, cached, tmp_path):
     assert Path(last["val"]["samples"]).is_file() and "loss" in last["val"]
 
 
-def test_shapes_without_features_are_skipped_with_a_count(encoded, dinov2, cached, tmp_path):
+def test_shapes_without_features_are_skipped_with_a_count(encoded, encoded_key, dinov2, cached, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(encoded / "data", data)
     folder = data / "features" / cached.name
     train_ids = [r["id"] for r in map(json.loads, (data / "manifest.jsonl").read_text().splitlines())
                  if r["split"] == "train"]
     (folder / f"{train_ids[0]}.safetensors").unlink()
-    full = LatentViewDataset(data, "vae", 32, "train", SIZE)
-    partial = LatentViewDataset(data, "vae", 32, "train", SIZE, features=cached.name)
+    full = LatentViewDataset(data, encoded_key, 32, "train", SIZE)
+    partial = LatentViewDataset(data, encoded_key, 32, "train", SIZE, features=cached.name)
     assert len(partial) == len(full) - 1 and partial.skipped["no cached features"] == 1
     assert train_ids[0] not in [shape_id for shape_id, _ in partial.items]
     item = partial[0, 0]

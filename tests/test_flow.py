@@ -195,7 +195,7 @@ def test_overfit_one_batch_drives_the_loss_down():
 
 
 def test_generate_latents_end_to_end():
-    from vilearn.dit import ConditionerConfig, build_conditioner
+    from vilearn.dit import ConditionerConfig, build_conditioner, prepare_condition_image
     from vilearn.flow import generate_latents
 
     conditioner = build_conditioner(
@@ -211,6 +211,24 @@ def test_generate_latents_end_to_end():
     assert a.shape == (2, 9, 8) and torch.equal(a, b)
     noise = torch.randn(2, 9, 8, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, 2.0 * noise)  # zero-initialised output: the noise, denormalised
+    # a non-zero model: the same as an Euler loop with CFG written out from the convention
+    # (t from 0 to 1, x += dt * (v_u + s (v_c - v_u)), first ceil(N / 3) tokens visible)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(5))
+        got = generate_latents(model, conditioner, [image, image[:, ::-1].copy()], **kwargs)
+        prepared = torch.stack([prepare_condition_image(i, size=32) for i in (image, image[:, ::-1].copy())])
+        cond, uncond = conditioner(prepared), conditioner.null(2)
+        visible = torch.zeros(2, 9, dtype=torch.bool)
+        visible[:, :3] = True
+        x = noise.clone()
+        for i in range(3):
+            t0, t1 = i / 3, (i + 1) / 3
+            t = torch.full((2,), t0)
+            v_c, v_u = model(x, t, cond, visible=visible), model(x, t, uncond, visible=visible)
+            x = x + (t1 - t0) * (v_u + 2.0 * (v_c - v_u))
+    torch.testing.assert_close(got, 2.0 * x, atol=1e-5, rtol=1e-5)
+    assert (got[0] - got[1]).abs().max() > 1e-2  # the image reaches the latents
     with pytest.raises(ValueError, match="latent stats have 4 channels"):
         generate_latents(
             model, conditioner, [image], **{**kwargs, "stats": LatentStats.identity(4)}

@@ -358,45 +358,48 @@ def encoded(tiny_dataset, tmp_path_factory):
     import shutil
 
     from vilearn.vae.encode import encode_dataset
+    from vilearn.vae.identity import identify_vae
     from vilearn.vae.loading import save_vae
 
     root = tmp_path_factory.mktemp("grouping") / "data"
     shutil.copytree(tiny_dataset, root)
     vae = random_vae(4, point_feats=3, num_encoder_layers=1)
     save_vae(root.parent / "tinyvae", vae)
-    encode_dataset(root, vae, "tinyvae", [16, 32], surface_points=512)
-    return root, vae
+    identity = identify_vae(vae, root.parent / "tinyvae")
+    encode_dataset(root, vae, identity, [16, 32], surface_points=512)
+    return root, vae, identity
 
 
 def test_group_dataset_writes_resumes_and_regroups_bad_files(encoded):
     from vilearn.data.dataset import PreparedDataset
 
-    root, vae = encoded
+    root, vae, identity = encoded
+    key = identity.key
     data = PreparedDataset(root)
     ids = data.ids()
-    summary = group_dataset(root, vae, "tinyvae")
+    summary = group_dataset(root, vae, identity)
     assert summary.grouped == 2 * len(ids) and not summary.failed
-    first = load_groups(root, "tinyvae", 32, ids[0])
+    first = load_groups(root, key, 32, ids[0])
     view = data.view(ids[0], 1)
     assert first.num_tokens == 32 and first.visible_points[1] == len(view["visible_points"])
     assert first.visible[1].any()
     # Resume: nothing to do; a truncated file and a file of the wrong size are redone.
-    assert group_dataset(root, vae, "tinyvae").skipped == 2 * len(ids)
-    groups_path(root, "tinyvae", 16, ids[0]).write_bytes(b"PK\x03\x04 truncated")
-    save_groups(groups_path(root, "tinyvae", 32, ids[1]), Groups(
+    assert group_dataset(root, vae, identity).skipped == 2 * len(ids)
+    groups_path(root, key, 16, ids[0]).write_bytes(b"PK\x03\x04 truncated")
+    save_groups(groups_path(root, key, 32, ids[1]), Groups(
         np.zeros((1, 7), bool), np.zeros((1, 7), np.int32), np.zeros(1, np.int64)))
-    again = group_dataset(root, vae, "tinyvae")
+    again = group_dataset(root, vae, identity)
     assert again.grouped == 2 and again.skipped == 2 * len(ids) - 2
-    assert load_groups(root, "tinyvae", 32, ids[1]).num_views == first.num_views
+    assert load_groups(root, key, 32, ids[1]).num_views == first.num_views
     with pytest.raises(FileNotFoundError, match="no grouping"):
-        load_groups(root, "tinyvae", 32, "nope")
-    odd = groups_path(root, "tinyvae", 16, "odd")
+        load_groups(root, key, 32, "nope")
+    odd = groups_path(root, key, 16, "odd")
     save_groups(odd, first)
     with pytest.raises(ValueError, match="expected 16"):
-        load_groups(root, "tinyvae", 16, "odd")
+        load_groups(root, key, 16, "odd")
     odd.unlink()
     with pytest.raises(FileNotFoundError, match="vilearn encode"):
-        group_dataset(root, vae, "tinyvae", [64])
+        group_dataset(root, vae, identity, [64])
 
 
 def test_empty_view_in_a_dataset_is_stored_and_flagged(encoded, tmp_path):
@@ -405,7 +408,8 @@ def test_empty_view_in_a_dataset_is_stored_and_flagged(encoded, tmp_path):
     from vilearn.data.layout import DatasetLayout
     from vilearn.io import write_npz
 
-    src, vae = encoded
+    src, vae, identity = encoded
+    key = identity.key
     root = tmp_path / "data"
     shutil.copytree(src, root, ignore=shutil.ignore_patterns("groups"))
     layout = DatasetLayout(root)
@@ -414,10 +418,10 @@ def test_empty_view_in_a_dataset_is_stored_and_flagged(encoded, tmp_path):
         view = {k: arrays[k] for k in arrays.files}
     view["visible_points"] = np.zeros((0, 3), np.float32)
     write_npz(layout.view(shape_id, 0), **view)
-    assert not group_dataset(root, vae, "tinyvae", [16]).failed
-    groups = load_groups(root, "tinyvae", 16, shape_id)
+    assert not group_dataset(root, vae, identity, [16]).failed
+    groups = load_groups(root, key, 16, shape_id)
     assert groups.visible_points[0] == 0 and not groups.visible[0].any() and groups.visible[1].any()
-    stats = write_stats(root / "latents" / "tinyvae" / "16" / "groups")
+    stats = write_stats(root / "latents" / key / "16" / "groups")
     assert stats["empty_views"] == 1
 
 
@@ -426,14 +430,15 @@ def test_cli_group_report_and_show_groups(encoded, tmp_path):
 
     from vilearn.cli import app
 
-    root, _ = encoded
+    root, _, identity = encoded
+    key = identity.key
     runner = CliRunner()
     vae = str(root.parent / "tinyvae")
     result = runner.invoke(app, ["group", str(root), "--vae", vae, "--tokens", "16", "--report",
                                  "--report-shapes", "1", "--report-views", "1",
                                  "--report-resolution", "32"])
     assert result.exit_code == 0, result.output
-    folder = root / "latents" / "tinyvae" / "16" / "groups"
+    folder = root / "latents" / key / "16" / "groups"
     assert (folder / "stats.json").is_file() and (folder / "locality.json").is_file()
     out = tmp_path / "fig.png"
     shape_id = sorted(p.name for p in (root / "shapes").iterdir())[0]

@@ -95,6 +95,20 @@ def test_concentric_spheres_are_their_radius_difference_apart():
     assert fscore(matching, 0.2) == 1.0
 
 
+def test_fscore_threshold_is_strict_at_the_boundary():
+    """precision(t) counts d < t: points exactly t away are not within t (exact binary
+    distances: 0.5 and 0.25)."""
+    generated = np.array([[0.0, 0.0, 0.0], [0.75, 0.0, 0.0]])
+    reference = np.array([[0.5, 0.0, 0.0]])
+    matching = Matching.of(generated, reference)
+    assert matching.gen_distance.tolist() == [0.5, 0.25] and matching.ref_distance.tolist() == [0.25]
+    assert precision_recall(matching, 0.5) == (0.5, 1.0)  # 0.5 is not < 0.5
+    assert fscore(matching, 0.5) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert precision_recall(matching, np.nextafter(0.5, 1.0)) == (1.0, 1.0)
+    assert precision_recall(matching, 0.25) == (0.0, 0.0) and fscore(matching, 0.25) == 0.0
+    assert precision_recall(matching, np.nextafter(0.25, 1.0)) == (0.5, 1.0)
+
+
 def test_shifted_sphere_has_the_analytic_chamfer():
     """Sphere of radius r vs the same sphere shifted by d (d <= r).
 

@@ -71,6 +71,35 @@ def test_camera_projects_pixel_centres_back():
     assert (z > 0).all()
 
 
+@pytest.mark.parametrize("width, height", [(64, 64), (41, 30)])
+def test_intrinsics_follow_the_documented_convention(width, height):
+    """Principal point at (W/2, H/2) exactly (pixel centres at +0.5), square pixels, focal length
+    from the horizontal field of view: fx = (W / 2) / tan(fov / 2)."""
+    import math
+
+    camera = orbit_camera(30.0, 10.0, 2.0, 50.0, width, height)
+    assert (camera.K[0, 2], camera.K[1, 2]) == (width / 2, height / 2)
+    focal = (width / 2) / math.tan(math.radians(25.0))
+    assert camera.K[0, 0] == camera.K[1, 1] == pytest.approx(focal, rel=1e-12)
+    assert (camera.K[0, 1], camera.K[1, 0], camera.K[2].tolist()) == (0.0, 0.0, [0.0, 0.0, 1.0])
+    uv, z = camera.project((camera.center + 0.7 * camera.forward)[None])  # the optical axis
+    assert np.abs(uv - [[width / 2, height / 2]]).max() < 1e-12 and z[0] == pytest.approx(0.7)
+    # the ray through pixel (row 0, column 0) passes through its centre (0.5, 0.5)
+    _, directions = camera.pixel_rays()
+    cam = directions[0] @ camera.c2w[:3, :3]
+    assert cam[0] / cam[2] * camera.K[0, 0] == pytest.approx(0.5 - width / 2, abs=1e-9)
+    assert cam[1] / cam[2] * camera.K[1, 1] == pytest.approx(0.5 - height / 2, abs=1e-9)
+
+
+def test_stored_views_keep_the_principal_point_at_the_centre(tiny_dataset):
+    data = PreparedDataset(tiny_dataset)
+    for row in data.rows():
+        for k in range(row["views"]):
+            view = data.view(row["id"], k, ("K", "image_size"))
+            height, width = view["image_size"].tolist()
+            assert view["K"][0, 2] == width / 2 and view["K"][1, 2] == height / 2
+
+
 def test_orbit_camera_keeps_up_axis_up():
     camera = orbit_camera(0.0, 0.0, 3.0, 40.0, 64, 64, up_axis="z")
     uv, _ = camera.project(np.array([[0.0, 0.0, 0.5], [0.0, 0.0, -0.5]]))

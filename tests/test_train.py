@@ -14,6 +14,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from train_configs import with_changes
 from vilearn.cli import app
 from vilearn.config import ConfigError, load_config
 from vilearn.engine.checkpoint import latest_checkpoint, load_checkpoint
@@ -33,14 +34,8 @@ def make_config(root: Path, **changes) -> TrainConfig:
         "train": {"log_every": 1, "ckpt_every": 2, "keep_checkpoints": 2},
         "val": {"every": 4, "shapes": 2, "timesteps": 2},
     }
-    for key, value in changes.items():
-        section, _, leaf = key.partition(".")
-        if leaf:
-            data.setdefault(section, {})[leaf] = value
-        else:
-            data[section] = value
     path = root / f"config-{len(list(root.glob('config-*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(with_changes(data, changes)))
     return load_config(TrainConfig, path)
 
 
@@ -142,7 +137,7 @@ def test_errors_at_start_name_the_problem(encoded, tmp_path):
         train(make_config(encoded, dataset=str(tmp_path / "nowhere")), tmp_path / "r1")
     with pytest.raises(ConfigError, match="channel mismatch.*8 channels but model.in_channels is 16"):
         train(make_config(encoded, model={"preset": "tiny", "in_channels": 16}), tmp_path / "r2")
-    with pytest.raises(ConfigError, match="no latents for VAE 'vae' at 128 tokens"):
+    with pytest.raises(ConfigError, match="no latents for VAE 'vae-[0-9a-f]{8}' at 128 tokens"):
         train(make_config(encoded, stages=[{"tokens": 128, "steps": 1, "batch_size": 1}]), tmp_path / "r3")
 
 
@@ -242,3 +237,107 @@ def test_moe_aux_loss_enters_the_gradient(encoded, tmp_path):
     assert losses[0] == losses[1]  # deterministic
     assert losses[2][0] == losses[0][0]  # step 1: before any update
     assert abs(losses[2][1][1] - losses[0][1][1]) > 1e-6
+
+
+def test_a_resumed_run_sees_the_same_items_in_the_same_order(encoded, tmp_path, monkeypatch):
+    """Item by item (shape, view, posterior sample, VST) against the uninterrupted run, for a
+    stop inside a stage and one at the stage boundary."""
+    import vilearn.train.trainer as trainer
+
+    real, seen = trainer.training_step, {}
+
+    def spy(accelerator, model, optimizer, ema, batches, stats, config, step):
+        seen.setdefault(current, []).append((step, [
+            (shape_id, int(view), float(batch["latents"][j].sum()),
+             batch["visible"][j].nonzero().flatten().tolist())
+            for batch in batches for j, (shape_id, view) in enumerate(zip(batch["id"], batch["view"]))]))
+        return real(accelerator, model, optimizer, ema, batches, stats, config, step)
+
+    monkeypatch.setattr(trainer, "training_step", spy)
+    config = make_config(encoded)  # stages: 4 steps at 32 tokens, then 4 at 64
+    current = "whole"
+    train(config, tmp_path / "whole")
+    for stop in (3, 4):
+        current = f"stopped at {stop}"
+        train(config, tmp_path / current, max_steps=stop)
+        train(config, tmp_path / current, resume="latest")
+        assert seen[current] == seen["whole"], current
+    assert [step for step, _ in seen["whole"]] == list(range(8))
+    rows = map(json.loads, (encoded / "data" / "manifest.jsonl").read_text().splitlines())
+    train_ids = {r["id"] for r in rows if r["split"] == "train"}
+    first_epoch = [item[0] for _, items in seen["whole"][:4] for item in items][:len(train_ids)]
+    assert sorted(first_epoch) == sorted(train_ids)  # a permutation per epoch: each shape once
+
+
+def _randomized(model, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def test_validation_scores_the_ema_weights_and_restores_the_raw_ones(encoded, encoded_key, tmp_path):
+    import copy
+
+    from vilearn.engine.ema import EMA
+    from vilearn.engine.logging import JSONLLogger
+    from vilearn.flow.normalize import LatentStats
+    from vilearn.train.trainer import build_model
+    from vilearn.train.validation import Validator
+
+    config = make_config(encoded, stages=[{"tokens": 32, "steps": 4, "batch_size": 2}])
+    model = _randomized(build_model(config), 0)  # non-zero final layer: the weights show
+    ema = EMA(model, 0.9, keys=model.trainable_state().keys())
+    g = torch.Generator().manual_seed(1)
+    ema.shadow = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in ema.shadow.items()}
+    stats = {32: LatentStats.load(encoded / "data" / "latents" / encoded_key / "32" / "stats.json")}
+    validator = Validator(config, encoded_key, stats, tmp_path)
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Writer:
+        def add_scalar(self, *args):
+            pass
+
+    record = validator.run(4, model.train(), ema, JSONLLogger(tmp_path / "log.jsonl"), Writer())
+    items = validator.held_out(32, model.conditioner.image_size)
+    averaged = copy.deepcopy(model)
+    averaged.load_state_dict({k: ema.shadow.get(k, v) for k, v in raw.items()})
+    with_ema = validator.flow_loss(averaged.eval(), items, stats[32], fixed_partition=False)
+    with_raw = validator.flow_loss(copy.deepcopy(model).eval(), items, stats[32], fixed_partition=False)
+    assert record["loss"] == pytest.approx(with_ema, rel=1e-6) and abs(with_raw - with_ema) > 1e-3
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in raw.items()) and model.training
+
+
+def test_generate_and_evaluate_sample_with_the_ema_weights(encoded, tmp_path, monkeypatch):
+    import vilearn.flow.pipeline as pipeline
+    from vilearn.engine.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    train(make_config(encoded, stages=[{"tokens": 32, "steps": 2, "batch_size": 2}], val={"every": 0}), run)
+    path = latest_checkpoint(run / "checkpoints")
+    groups, meta = load_checkpoint(path)
+    g = torch.Generator().manual_seed(0)  # EMA and raw weights made clearly different
+    groups["ema"] = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in groups["ema"].items()}
+    save_checkpoint(run / "checkpoints", meta["step"], groups,
+                    meta={k: v for k, v in meta.items() if k not in ("step", "files")})
+    seen, real = [], pipeline.generate_latents
+
+    def spy(model, conditioner, images, **kwargs):
+        seen.append({**{f"dit.{k}": v.clone() for k, v in model.state_dict().items()},
+                     **{f"conditioner.{k}": v.clone() for k, v in conditioner.state_dict().items()}})
+        return real(model, conditioner, images, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_latents", spy)
+    image = sorted((encoded / "data" / "shapes").glob("*/views/000.png"))[0]
+    runner = CliRunner()
+    for args in (["generate", str(image), "--model", str(run), "--out", str(tmp_path / "m"),
+                  "--steps", "1", "--resolution", "16"],
+                 ["evaluate", str(run), "--n", "1", "--steps", "1", "--resolution", "16",
+                  "--no-references", "--out", str(tmp_path / "eval")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert len(seen) == 2
+    for weights in seen:
+        assert all(torch.equal(weights[k], v) for k, v in groups["ema"].items())
+        assert any(not torch.equal(weights[k], v) for k, v in groups["model"].items())

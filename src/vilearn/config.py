@@ -4,15 +4,25 @@ Every component owns one dataclass. ``from_dict`` builds it from plain data, rec
 nested dataclasses, and rejects unknown keys and values of the wrong type with an error that
 names the key (``ConfigError: data.views.fov_deg: expected a number, got 'wide'``).
 ``load_config`` reads a YAML file, applies ``key.sub=value`` overrides and validates.
+
+Numeric fields carry their valid range in the annotation, checked on load with the key named
+(``ConfigError: optim.min_lr_ratio: -1.0 is out of range, must be in [0, 1]``)::
+
+    lr: Annotated[float, Positive] = 1e-4
+    min_lr_ratio: Annotated[float, Range(0, 1)] = 0.1
+
+NaN and infinite numbers are refused everywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -25,6 +35,36 @@ class ConfigError(ValueError):
     """A configuration key is unknown or its value is invalid."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field: ``low <= x <= high`` (``<`` on an open end)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+Positive = Range(0, low_open=True)  # > 0
+NonNegative = Range(0)  # >= 0
+AtLeastOne = Range(1)  # counts that must not be empty
+Fraction = Range(0, 1)  # [0, 1]
+Decay = Range(0, 1, high_open=True)  # [0, 1): EMA decays, betas
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -32,6 +72,13 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
+        return value
+    if origin is Annotated:
+        base, *extras = get_args(tp)
+        value = _convert(value, base, where)
+        for extra in extras:
+            if isinstance(extra, Range) and value is not None and not extra.contains(value):
+                raise ConfigError(f"{where}: {value!r} is out of range, must be {extra}")
         return value
     if origin in (typing.Union, types.UnionType):
         options = get_args(tp)
@@ -81,6 +128,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -98,7 +147,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -161,7 +210,16 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     packaged = CONFIG_DIR / name
     if packaged.is_file():
         return packaged
-    raise ConfigError(f"config {str(name_or_path)!r}: no such file, and no packaged config by that name")
+    names = packaged_configs()
+    close = difflib.get_close_matches(path.stem, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"config {str(name_or_path)!r}: no such file, and no packaged config by that name "
+                      f"(packaged: {', '.join(names)}){hint}")
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs that ship with the package (``--config NAME``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 def read_yaml(path: str | Path) -> dict:

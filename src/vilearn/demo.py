@@ -35,13 +35,14 @@ class DemoSettings:
 
 class Reporter:
     """How the demo shows progress: ``say`` a line, ``track`` a step with a known length
-    (returns a function taking the number of items done). The CLI draws rich progress bars."""
+    (returns a function taking the number of items done and, optionally, how many of them
+    failed). The CLI draws rich progress bars."""
 
     def say(self, text: str) -> None:
         print(text)
 
-    def track(self, name: str, total: int) -> Callable[[int], None]:
-        return lambda done: None
+    def track(self, name: str, total: int) -> Callable[..., None]:
+        return lambda done, failed=0: None
 
 
 def run_demo(out: str | Path, settings: DemoSettings, reporter: Reporter | None = None) -> Path:
@@ -66,7 +67,8 @@ def run_demo(out: str | Path, settings: DemoSettings, reporter: Reporter | None 
     tick = reporter.track("prepare", settings.shapes)
     prepared = prepare_dataset("pybullet:random_urdfs", dataset, load_config(PrepareConfig, "prepare-demo"),
                                workers=settings.workers or os.cpu_count() or 1, limit=settings.shapes,
-                               progress=lambda result, summary: tick(summary.ok + summary.failed))
+                               progress=lambda result, summary: tick(summary.ok + summary.failed,
+                                                                     summary.failed))
     settings.timings["prepare"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -76,18 +78,25 @@ def run_demo(out: str | Path, settings: DemoSettings, reporter: Reporter | None 
     clock = time.perf_counter()
     say(f"3/5 encode and group at {settings.tokens} tokens")
     ticks = reporter.track("encode + group", 2 * prepared.ok)
-    done = iter(range(1, 10**9))
-    vae = build_dataset(dataset, "pybullet:random_urdfs", settings.shapes, "prepare-demo", vae_path,
-                        "demo-vae", [settings.tokens], settings.workers, say=lambda text: None,
-                        on_shape=lambda *_: ticks(next(done)))
+    counts = {"done": 0, "failed": 0}
+
+    def on_shape(*args) -> None:  # (id, outcome) from encode, (id, N, outcome) from group
+        counts["done"] += 1
+        counts["failed"] += args[-1] == "failed"
+        ticks(counts["done"], counts["failed"])
+
+    vae, identity = build_dataset(dataset, "pybullet:random_urdfs", settings.shapes, "prepare-demo",
+                                  vae_path, "demo-vae", [settings.tokens], settings.workers,
+                                  say=lambda text: say(f"    {text}") if "failed" in text else None,
+                                  on_shape=on_shape)
     settings.timings["encode+group"] = time.perf_counter() - clock
 
     runs = {}
     for variant in VARIANTS:
         clock = time.perf_counter()
         say(f"4/5 train the tiny MM-DiT with vape={variant} ({settings.steps} steps)")
-        runs[variant] = _train(out, dataset, vae_path, vae.config.embed_dim, variant, settings,
-                               reporter)
+        runs[variant] = _train(out, dataset, vae_path, identity.key, vae.config.embed_dim, variant,
+                               settings, reporter)
         settings.timings[f"train {variant}"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -117,16 +126,16 @@ def _vae(out: Path, dataset: Path, settings: DemoSettings, say: Callable[[str], 
     return out / "vae"
 
 
-def _train(out: Path, dataset: Path, vae_path: Path, channels: int, variant: str,
+def _train(out: Path, dataset: Path, vae_path: Path, key: str, channels: int, variant: str,
            settings: DemoSettings, reporter: Reporter) -> Path:
     from vilearn.config import load_config
-    from vilearn.engine.checkpoint import latest_checkpoint
+    from vilearn.engine.checkpoint import CheckpointError, latest_checkpoint, read_meta
     from vilearn.grouping import measured_visible_ratio
     from vilearn.train.config import TrainConfig
     from vilearn.train.trainer import train
 
     run = out / "runs" / f"dit-{variant}"
-    ratio = measured_visible_ratio(dataset, "demo-vae", settings.tokens)
+    ratio = measured_visible_ratio(dataset, key, settings.tokens)
     config = load_config(TrainConfig, "dit-tiny", [
         f"dataset={dataset}", f"vae={vae_path}", "vae_name=demo-vae", f"model.vape={variant}",
         f"model.in_channels={channels}",  # the DiT predicts the VAE's latents
@@ -135,7 +144,11 @@ def _train(out: Path, dataset: Path, vae_path: Path, channels: int, variant: str
         f"stages=[{{tokens: {settings.tokens}, steps: {settings.steps}, batch_size: 16}}]",
     ])
     checkpoint = latest_checkpoint(run / "checkpoints")
-    if checkpoint is None or json.loads((checkpoint / "meta.json").read_text())["step"] < settings.steps:
+    try:
+        done = read_meta(checkpoint)["step"] if checkpoint is not None else 0
+    except CheckpointError:  # damaged: the trainer falls back to an intact one, with a warning
+        done = 0
+    if done < settings.steps:
         tick = reporter.track(f"train {variant}", settings.steps)
 
         def show(record: dict) -> None:
@@ -145,7 +158,7 @@ def _train(out: Path, dataset: Path, vae_path: Path, channels: int, variant: str
             else:
                 tick(record["step"])
 
-        train(config, run, resume="latest" if checkpoint is not None else None, on_log=show)
+        train(config, run, resume="latest", on_log=show)
     return run
 
 

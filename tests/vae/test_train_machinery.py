@@ -25,7 +25,8 @@ def test_checkpoint_rotation_and_latest_pointer(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000030", "step-0000040"]
     latest = latest_checkpoint(tmp_path)
     groups, meta = load_checkpoint(latest)
-    assert meta == {"step": 40, "note": "x"} and groups["model"]["w"].tolist() == [40.0, 40.0]
+    assert meta["step"] == 40 and meta["note"] == "x" and groups["model"]["w"].tolist() == [40.0, 40.0]
+    assert meta["files"]["model"]["bytes"] == (latest / "model.safetensors").stat().st_size
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -33,7 +33,9 @@ def test_encode_writes_latents_stats_and_resumes(setup):
     result = runner.invoke(app, ["encode", str(dataset), "--vae", str(vae), "--tokens", "16,64",
                                  "--surface-points", "512"])
     assert result.exit_code == 0, result.output
-    folder = dataset / "latents" / "my-vae"
+    (folder,) = (dataset / "latents").iterdir()  # keyed by the VAE's identity: my-vae-<hash8>
+    owner = json.loads((folder / "vae.json").read_text())
+    assert folder.name == f"my-vae-{owner['hash'][:8]}" and owner["path"] == str(vae.resolve())
     files = sorted((folder / "64").glob("*.safetensors"))
     assert [f.stem for f in files] == ["synthetic-0000", "synthetic-0001", "synthetic-0002"]
     big = read_latents(folder / "64" / "synthetic-0001.safetensors")
@@ -54,7 +56,7 @@ def test_encode_writes_latents_stats_and_resumes(setup):
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     # Different encoder input for the same latents folder is refused.
     again = runner.invoke(app, ["encode", str(dataset), "--vae", str(vae), "--tokens", "64"])
-    assert again.exit_code != 0
+    assert again.exit_code != 0 and "512 surface points" in again.output
 
 
 def test_decode_writes_a_mesh(setup, tmp_path):
@@ -62,7 +64,7 @@ def test_decode_writes_a_mesh(setup, tmp_path):
     runner = CliRunner()
     runner.invoke(app, ["encode", str(dataset), "--vae", str(vae), "--tokens", "16",
                         "--surface-points", "512"])
-    latents = dataset / "latents" / "my-vae" / "16" / "synthetic-0000.safetensors"
+    latents = next((dataset / "latents").glob("my-vae-*/16/synthetic-0000.safetensors"))
     out = tmp_path / "shape.ply"
     result = runner.invoke(app, ["decode", str(latents), "--vae", str(vae), "--out", str(out),
                                  "--resolution", "32", "--coarse", "16"])

@@ -122,3 +122,54 @@ def test_tsdf_training_runs(dataset, tmp_path):
     cfg.model.label_type = "tsdf"
     last = train_vae(dataset, cfg, tmp_path / "run")
     assert torch.isfinite(torch.tensor(last["train"]["loss"]))
+
+
+def test_kl_is_the_closed_form_gaussian_kl():
+    """KL(N(mu, sigma^2) || N(0, 1)) = (mu^2 + sigma^2 - 1 - log sigma^2) / 2, per channel, by
+    hand and as torch.distributions computes it."""
+    from torch.distributions import Normal, kl_divergence
+
+    from vilearn.vae.distribution import DiagonalGaussian
+
+    assert DiagonalGaussian(torch.ones(1, 1, 1), torch.zeros(1, 1, 1)).kl().item() == 0.5  # mu=1, sigma=1
+    sigma2 = torch.full((1, 1, 1), 4.0)  # mu=0, sigma^2=4: (4 - 1 - ln 4) / 2
+    assert DiagonalGaussian(torch.zeros(1, 1, 1), sigma2.log()).kl().item() == pytest.approx(
+        (3 - torch.log(torch.tensor(4.0)).item()) / 2, rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    mean, logvar = torch.randn(3, 7, 5, generator=g), torch.randn(3, 7, 5, generator=g)
+    reference = kl_divergence(Normal(mean, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(dim=(1, 2))
+    torch.testing.assert_close(DiagonalGaussian(mean, logvar).kl(), reference)
+
+
+def test_the_vae_loss_is_the_reconstruction_plus_kl_weight_times_the_kl():
+    """Against an independent sum: BCE on the logits plus kl_weight * torch.distributions' KL of
+    the very posterior the model produced; a dropped or sign-flipped KL term would differ."""
+    import torch.nn.functional as F
+    from torch.distributions import Normal, kl_divergence
+
+    from vilearn.vae.data import Batch
+    from vilearn.vae.model import VecSetVAE
+    from vilearn.vae.train import compute_loss
+
+    g = torch.Generator().manual_seed(1)
+    surface = torch.cat([torch.rand(2, 64, 3, generator=g) * 2 - 1, torch.randn(2, 64, 3, generator=g)], -1)
+    batch = Batch(surface, torch.rand(2, 40, 3, generator=g) * 2 - 1,
+                  (torch.rand(2, 40, generator=g) < 0.5).float(),
+                  torch.arange(16).repeat(2, 1), ["a", "b"])
+    torch.manual_seed(0)
+    for kl_weight in (0.0, 0.5, 2.0):
+        cfg = config()
+        cfg.train.kl_weight = kl_weight
+        model = VecSetVAE(cfg.model)
+        with torch.no_grad():
+            for p in model.pre_kl.parameters():  # a posterior far from N(0, I): a large KL
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+        loss, parts = compute_loss(model, batch, cfg, torch.Generator().manual_seed(3))
+        logits, posterior = model(batch.surface, batch.queries, anchor_index=batch.anchor_index,
+                                  generator=torch.Generator().manual_seed(3))
+        recon = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        std = (0.5 * posterior.logvar).exp()
+        kl = kl_divergence(Normal(posterior.mean, std), Normal(0.0, 1.0)).mean()
+        assert kl > 0.1
+        torch.testing.assert_close(parts["kl"], kl.detach())
+        torch.testing.assert_close(loss, recon + kl_weight * kl)

@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from vilearn.bench.evaluate import LOWER_IS_BETTER, EvalSettings
 from vilearn.bench.speedup import speedup
-from vilearn.config import load_config
+from vilearn.config import AtLeastOne, Fraction, NonNegative, load_config
 from vilearn.io import write_json, write_text
 
 VARIANTS = {  # name -> train-config overrides
@@ -36,17 +37,17 @@ class BenchData:
     """The benchmark's own dataset, built (resumably) under OUT/dataset."""
 
     source: str = "pybullet:random_urdfs"
-    limit: int | None = None
+    limit: Annotated[int, AtLeastOne] | None = None
     prepare: str = "prepare-demo"  # PrepareConfig file or packaged name
     vae: str = "packaged"  # 'packaged' (the committed tiny VAE) or a VAE path
-    vae_name: str = "bench-vae"
-    tokens: int = 64
+    vae_name: str = "bench-vae"  # readable part of the latents folder (bench-vae-<hash8>)
+    tokens: Annotated[int, AtLeastOne] = 64
     # 'object' (one latent per shape, the paper's setting) or 'view' (one latent per view, the
     # shape rotated into its camera's frame: the image fixes the pose; design.md, "Frames")
     frame: str = "object"
     # r of the inference partition (first ceil(N r) tokens visible); None = the dataset's measured
     # mean visible-token fraction, which at few tokens is well above the paper's 1/3
-    visible_ratio: float | None = None
+    visible_ratio: Annotated[float, Fraction] | None = None
 
 
 @dataclass
@@ -55,14 +56,14 @@ class BenchConfig:
     train: str = "dit-tiny"  # the base training config (file or packaged name)
     overrides: list[str] = field(default_factory=list)  # applied to every variant
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    steps: int = 3000
-    batch_size: int = 16
-    eval_every: int = 500
+    seeds: list[Annotated[int, NonNegative]] = field(default_factory=lambda: [0, 1])
+    steps: Annotated[int, AtLeastOne] = 3000
+    batch_size: Annotated[int, AtLeastOne] = 16
+    eval_every: Annotated[int, AtLeastOne] = 500
     eval: EvalSettings = field(default_factory=EvalSettings)
     metrics: list[str] = field(default_factory=lambda: [
         "iou", "fscore@0.05", "chamfer_l1", "components", "silhouette_iou"])
-    average_last: int = 2
+    average_last: Annotated[int, AtLeastOne] = 2
     references: bool = True  # score the VAE ceiling and chance once
 
     def __post_init__(self) -> None:
@@ -81,28 +82,39 @@ def higher_is_better(metric: str) -> bool:
     return not metric.split("/")[-1].startswith(LOWER_IS_BETTER)
 
 
-def partition_ratio(bench: BenchConfig, out: Path) -> float:
+def partition_ratio(bench: BenchConfig, out: Path, key: str) -> float:
     """r of the inference partition: the config's, or the benchmark dataset's measured mean
-    visible-token fraction."""
+    visible-token fraction (of the latents ``latents/<key>``)."""
     from vilearn.grouping import measured_visible_ratio
 
     d = bench.data
     if d.visible_ratio is not None:
         return d.visible_ratio
-    return measured_visible_ratio(out / "dataset", d.vae_name, d.tokens)
+    return measured_visible_ratio(out / "dataset", key, d.tokens)
 
 
-def train_config(bench: BenchConfig, out: Path, variant: str, seed: int):
+def trained_partition_ratio(bench: BenchConfig, out: Path) -> float:
+    """r as the baseline's first run was trained with (its config.yaml); NaN before any run."""
+    path = out / "runs" / f"none-seed{bench.seeds[0]}" / "config.yaml"
+    if not path.is_file():
+        return math.nan
+    import yaml
+
+    return float(yaml.safe_load(path.read_text()).get("model", {}).get("visible_ratio", math.nan))
+
+
+def train_config(bench: BenchConfig, out: Path, variant: str, seed: int, key: str):
+    """The training config of one variant and seed; ``key``: the latents folder (VAE identity)."""
     from vilearn.bench.data import resolve_vae_path
     from vilearn.flow.normalize import LatentStats
     from vilearn.train.config import TrainConfig
     from vilearn.vae.encode import latents_dir
 
     d = bench.data
-    stats = latents_dir(out / "dataset", d.vae_name, d.tokens) / "stats.json"
+    stats = latents_dir(out / "dataset", key, d.tokens) / "stats.json"
     channels = LatentStats.load(stats).channels  # the DiT predicts the VAE's latents
     data = [f"dataset={out / 'dataset'}", f"vae={resolve_vae_path(d.vae)}",
-            f"model.in_channels={channels}", f"model.visible_ratio={partition_ratio(bench, out)}",
+            f"model.in_channels={channels}", f"model.visible_ratio={partition_ratio(bench, out, key)}",
             f"vae_name={d.vae_name}",
             f"stages=[{{tokens: {d.tokens}, steps: {bench.steps}, batch_size: {bench.batch_size}}}]"]
     # view frame: the image's framing is the object's size and place in the latents' frame, so
@@ -119,16 +131,15 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
     """Train, evaluate and report; returns the report's path (OUT/convergence.md)."""
     from vilearn.bench.data import build_dataset, cache_condition_features, default_device, resolve_vae_path
     from vilearn.bench.evaluate import evaluate_model, reference_scores
-    from vilearn.engine.checkpoint import latest_checkpoint
     from vilearn.train.loading import load_trained
-    from vilearn.train.trainer import resolved_vae_name, train
+    from vilearn.train.trainer import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     d = bench.data
-    vae = build_dataset(out / "dataset", d.source, d.limit, d.prepare, resolve_vae_path(d.vae),
-                        d.vae_name, [d.tokens], say=say, device=default_device(), frame=d.frame)
-    base = train_config(bench, out, "none", bench.seeds[0])
+    vae, identity = build_dataset(out / "dataset", d.source, d.limit, d.prepare, resolve_vae_path(d.vae),
+                                  d.vae_name, [d.tokens], say=say, device=default_device(), frame=d.frame)
+    base = train_config(bench, out, "none", bench.seeds[0], identity.key)
     if base.conditioner.cached:  # a frozen encoder's tokens, computed once for every run
         cache_condition_features(base, say, default_device())
     results_path = out / "results.jsonl"
@@ -138,11 +149,10 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
             for seed in bench.seeds:
                 if (variant, seed, step) in done:
                     continue
-                config = train_config(bench, out, variant, seed)
+                config = train_config(bench, out, variant, seed, identity.key)
                 run = out / "runs" / f"{variant}-seed{seed}"
-                checkpoint = latest_checkpoint(run / "checkpoints")
                 say(f"step {step}: {variant} seed {seed}")
-                train(config, run, resume="latest" if checkpoint else None, max_steps=step)
+                train(config, run, resume="latest", max_steps=step)
                 trained = load_trained(run, device=default_device())
                 if trained.step != step:
                     raise RuntimeError(f"{run}: expected a checkpoint at step {step}, got {trained.step}")
@@ -150,11 +160,11 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
                 _append(results_path, {"variant": variant, "seed": seed, "step": step,
                                        "means": {k: s.mean for k, s in result.summary.items()}})
     if bench.references and not (out / "references.json").is_file():
-        config = train_config(bench, out, "none", bench.seeds[0])
+        config = train_config(bench, out, "none", bench.seeds[0], identity.key)
         references = {}
         for mode in ("ceiling", "chance"):
             say(f"reference: {mode}")
-            result = reference_scores(config.dataset, vae, resolved_vae_name(config),
+            result = reference_scores(config.dataset, vae, identity.key,
                                       config.stages[-1].tokens, mode, bench.eval)
             references[mode] = {k: s.mean for k, s in result.summary.items()}
         write_json(out / "references.json", references)
@@ -250,7 +260,7 @@ def write_report(out: Path, bench: BenchConfig) -> Path:
              "inference: fixed partition, no ground-truth visibility).", ""]
     source = ("set in the config" if bench.data.visible_ratio is not None else
               f"the dataset's measured visible-token fraction at {bench.data.tokens} tokens")
-    lines += [f"Inference partition: the first {partition_ratio(bench, out):.3f} of the tokens "
+    lines += [f"Inference partition: the first {trained_partition_ratio(bench, out):.3f} of the tokens "
               f"({source}).", ""]
     lines += values_table(records, bench)
     speed_rows = []
@@ -404,7 +414,7 @@ def write_summary(out: Path, bench: BenchConfig, records: list[dict], references
             })
     summary = {
         "config": to_dict(bench),
-        "partition_ratio": partition_ratio(bench, out),
+        "partition_ratio": trained_partition_ratio(bench, out),
         "chance": references.get("chance", {}),
         "ceiling": references.get("ceiling", {}),
         "runs": runs,

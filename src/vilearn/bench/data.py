@@ -58,7 +58,9 @@ def build_dataset(root: str | Path, source: str, limit: int | None, prepare_conf
     fraction sets the inference partition).
 
     ``on_shape`` is called once per shape by the encoding and again by the grouping pass.
-    Returns the loaded VAE (eval mode), for callers that decode afterwards.
+    Shapes that fail a step are reported through ``say`` (file and reason) and left out.
+    Returns the loaded VAE (eval mode), for callers that decode afterwards, and its identity
+    (``identity.key`` names the latents folder; ``vae_name`` is its readable part).
     """
     from vilearn.config import load_config
     from vilearn.data.dataset import PreparedDataset
@@ -67,7 +69,7 @@ def build_dataset(root: str | Path, source: str, limit: int | None, prepare_conf
     from vilearn.grouping.stats import write_stats
     from vilearn.grouping.store import groups_dir
     from vilearn.vae.encode import encode_dataset
-    from vilearn.vae.resolve import resolve_vae
+    from vilearn.vae.identity import load_identified
 
     if frame not in ("object", "view"):
         raise ValueError(f"frame must be 'object' or 'view', got {frame!r}")
@@ -83,11 +85,14 @@ def build_dataset(root: str | Path, source: str, limit: int | None, prepare_conf
 
         say(f"view frame: one shape per view -> {root}")
         derive_view_frame(prepared, root)
-    vae = resolve_vae(vae_path, device=device)
-    say(f"encode and group at {tokens} tokens with {vae_path}")
-    encode_dataset(root, vae, vae_name, tokens, on_shape=on_shape)
-    group_dataset(root, vae, vae_name, tokens, on_shape=on_shape)
+    vae, identity = load_identified(vae_path, vae_name, device)
+    say(f"encode and group at {tokens} tokens with {vae_path} -> latents/{identity.key}")
+    encoded = encode_dataset(root, vae, identity, tokens, on_shape=on_shape)
+    grouped = group_dataset(root, vae, identity, tokens, on_shape=on_shape)
+    for step, failed in (("encode", encoded.failed), ("group", grouped.failed)):
+        for key, reason in failed.items():
+            say(f"{step} failed: {key}: {reason}")
     ids = PreparedDataset(root).ids()
     for n in tokens:
-        write_stats(groups_dir(root, vae_name, n), ids)
-    return vae
+        write_stats(groups_dir(root, identity.key, n), ids)
+    return vae, identity

@@ -13,10 +13,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import trimesh
 
+from vilearn.config import AtLeastOne, NonNegative, Range
 from vilearn.data.dataset import PreparedDataset
 from vilearn.metrics import ConditionView, Reference, aggregate, evaluate_mesh
 from vilearn.metrics.stats import Summary
@@ -24,18 +26,37 @@ from vilearn.metrics.stats import Summary
 # The metric that ranks samples for the best / worst grid (higher is better).
 RANK_KEY = "fscore@0.05"
 LOWER_IS_BETTER = ("chamfer", "components", "floater_area", "depth_l1", "empty")
+# Every metric is >= 0; these are also <= 1 (fractions, F-scores, IoUs, |cos|).
+UNIT_INTERVAL = ("fscore", "iou", "normal_consistency", "silhouette_iou", "mask_coverage",
+                 "floater_area", "seen_fraction", "empty")
+REFERENCES_TEXT = (
+    "Reference points: **ceiling** decodes each held-out shape's own latents (encoded from its "
+    "true surface) with the same VAE and extraction: the best any model generating through this "
+    "VAE can score. **chance** decodes a random training shape's latents against each held-out "
+    "view: what a model that ignores its image scores. A model is worth a speed-up measurement "
+    "only when it is well above chance.")
+
+
+def metric_range(key: str) -> tuple[float, float]:
+    """The values metric ``key`` can take: [0, 1] or [0, inf)."""
+    name = key.split("/")[-1]
+    return (0.0, 1.0) if name.startswith(UNIT_INTERVAL) else (0.0, math.inf)
 
 
 @dataclass
 class EvalSettings:
     split: str = "val"
-    n: int = 200  # held-out (shape, view) pairs
-    seeds: list[int] = field(default_factory=lambda: [0])
-    steps: int = 25  # Euler steps
-    cfg_scale: float = 3.0
-    resolution: int = 64  # mesh extraction grid
-    points: int = 20000  # surface samples per generated mesh for the metrics
-    batch: int = 32  # conditions sampled together
+    n: Annotated[int, AtLeastOne] = 200  # held-out (shape, view) pairs
+    seeds: list[Annotated[int, NonNegative]] = field(default_factory=lambda: [0])
+    steps: Annotated[int, AtLeastOne] = 25  # Euler steps
+    cfg_scale: Annotated[float, NonNegative] = 3.0
+    resolution: Annotated[int, Range(8)] = 64  # mesh extraction grid
+    points: Annotated[int, AtLeastOne] = 20000  # surface samples per generated mesh for the metrics
+    batch: Annotated[int, AtLeastOne] = 32  # conditions sampled together
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds: at least one sampling seed is required")
 
 
 def held_out_pairs(data: PreparedDataset, split: str, n: int) -> list[tuple[str, int]]:
@@ -101,10 +122,8 @@ def reference_scores(dataset: str | Path, vae, vae_name: str, tokens: int, mode:
                      settings: EvalSettings, on_item: Callable[[], None] | None = None) -> EvalResult:
     """``ceiling``: decode each held-out shape's own latent mean; ``chance``: decode a random
     training shape's latent mean (seeded) against each held-out view."""
-    from safetensors.torch import load_file
-
     from vilearn.train.validation import generated_mesh
-    from vilearn.vae.encode import latents_dir
+    from vilearn.vae.encode import latents_dir, read_latents
 
     if mode not in ("ceiling", "chance"):
         raise ValueError(f"reference mode {mode!r} is not 'ceiling' or 'chance'")
@@ -116,7 +135,7 @@ def reference_scores(dataset: str | Path, vae, vae_name: str, tokens: int, mode:
     rows, meshes = [], {}
     for shape_id, view in pairs:
         source = shape_id if mode == "ceiling" else train_ids[rng.integers(len(train_ids))]
-        latent = load_file(str(folder / f"{source}.safetensors"))["mean"]
+        latent = read_latents(folder / f"{source}.safetensors")["mean"]
         mesh = generated_mesh(vae, latent, settings.resolution)
         rows.append({"id": shape_id, "view": view, "seed": 0, "source": source,
                      **score(data, shape_id, view, mesh, settings.points, 0)})
@@ -132,12 +151,13 @@ def measure_condition_gap(trained, views: int = 64, split: str = "val") -> dict:
     (``Validator.condition_gap``) on the first ``views`` held-out views, plus a verdict."""
     import dataclasses
 
-    from vilearn.train.trainer import cached_features, resolved_vae_name
+    from vilearn.train.loading import latents_key
+    from vilearn.train.trainer import cached_features
     from vilearn.train.validation import Validator, condition_gap_verdict
 
     config = trained.config
     config = dataclasses.replace(config, val=dataclasses.replace(config.val, shapes=views))
-    validator = Validator(config, resolved_vae_name(config), trained.stats, out=".",
+    validator = Validator(config, latents_key(trained), trained.stats, out=".",
                           features=cached_features(config, trained.model))
     model = trained.model
     items = validator.held_out(trained.tokens, model.conditioner.image_size, model.conditioner.crop, split)
@@ -174,7 +194,8 @@ def summarize(rows: list[dict]) -> dict[str, Summary]:
 
 
 def markdown_table(columns: dict[str, dict[str, Summary]]) -> str:
-    """Metrics as rows, one column per result: ``mean [low, high]`` (95% t-interval)."""
+    """Metrics as rows, one column per result: ``mean [low, high]`` (95% t-interval, clipped to
+    the values the metric can take: a t-interval knows nothing of bounds)."""
     names = list(columns)
     keys = list(dict.fromkeys(k for summary in columns.values() for k in summary))
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -187,7 +208,8 @@ def markdown_table(columns: dict[str, dict[str, Summary]]) -> str:
             elif math.isnan(s.low):
                 cells.append(f"{s.mean:.4g}")
             else:
-                cells.append(f"{s.mean:.4g} [{s.low:.4g}, {s.high:.4g}]")
+                low, high = metric_range(key)
+                cells.append(f"{s.mean:.4g} [{max(s.low, low):.4g}, {min(s.high, high):.4g}]")
         arrow = "↓" if key.split("/")[-1].startswith(LOWER_IS_BETTER) else "↑"
         lines.append(f"| {key} {arrow} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -208,8 +230,12 @@ def write_report(out: str | Path, results: dict[str, EvalResult], title: str, co
     write_json(out / "eval.json", report)
     text = [f"# {title}", "", f"Command: `{command}`", "",
             markdown_table({name: r.summary for name, r in results.items()}), "",
-            "Means with 95% Student-t intervals over held-out views x seeds; NaN samples "
-            "(an empty generation has no Chamfer) are left out of the mean and counted in eval.json."]
+            "Means with 95% Student-t intervals over held-out views x seeds, clipped to each "
+            "metric's range (every metric is >= 0; F-scores, IoUs and fractions are <= 1; eval.json "
+            "keeps the unclipped interval); NaN samples (an empty generation has no Chamfer) are "
+            "left out of the mean and counted in eval.json."]
+    if "ceiling" in results or "chance" in results:
+        text += ["", REFERENCES_TEXT]
     if condition_gap is not None:
         text += ["", *condition_gap_lines(condition_gap)]
     if grid is not None:
@@ -223,12 +249,19 @@ def write_report(out: str | Path, results: dict[str, EvalResult], title: str, co
 
 def cases_png(path: Path, result: EvalResult, dataset: str | Path, count: int = 4) -> Path:
     """The ``count`` worst and best samples by ``RANK_KEY``: condition image, the generation
-    from the condition view and from the opposite side, the ground truth from the opposite side."""
+    from the condition view and from the opposite side, the ground truth from the opposite side;
+    each row is labelled worst / best with its score."""
     from vilearn.data.preview import both_sides, opposite_camera, render_mesh, write_grid
 
     data = PreparedDataset(dataset)
     ranked = sorted(result.rows, key=lambda r: r.get(RANK_KEY, -1.0))
-    chosen = ranked[:count] + ranked[-count:] if len(ranked) > 2 * count else ranked
+    if len(ranked) > 2 * count:
+        chosen = ranked[:count] + ranked[-count:]
+        ranks = [f"worst {i + 1}" for i in range(count)] + [f"best {count - i}" for i in range(count)]
+    else:
+        chosen = ranked
+        ranks = [f"rank {len(ranked) - i} of {len(ranked)}" for i in range(len(ranked))]
+    labels = [f"{rank}: {RANK_KEY} {row.get(RANK_KEY, math.nan):.3f}" for rank, row in zip(ranks, chosen)]
     rows = []
     for row in chosen:
         shape_id, view = row["id"], row["view"]
@@ -239,4 +272,4 @@ def cases_png(path: Path, result: EvalResult, dataset: str | Path, count: int = 
                      render_mesh(truth["vertices"], truth["faces"], opposite_camera(camera),
                                  truth["face_colors"])])
     titles = ["condition", "generated (view)", "generated (opposite)", "truth (opposite)"]
-    return write_grid(path, rows, titles)
+    return write_grid(path, rows, titles, row_labels=labels)

@@ -15,6 +15,20 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a damaged checkpoint skipped, a condition image on a coloured background, ...)
+    as one readable line rather than Python's file:line form."""
+    console.print(f"[bold yellow]warning:[/] {message}")
+
+
+@app.callback()
+def main() -> None:
+    """Train single-image-to-3D VecSet diffusion models with Visibility Learning."""
+    import warnings
+
+    warnings.showwarning = show_warning
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the Exit to raise (``raise fail("...")``)."""
     console.print(f"[bold red]error:[/] {message}")

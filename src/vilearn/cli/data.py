@@ -16,20 +16,22 @@ from vilearn.cli.app import app, console, fail
 def prepare(
     source: str = typer.Argument(..., help="A mesh folder (recursive) or pybullet:random_urdfs."),
     out: Path = typer.Argument(..., help="The dataset folder to write (created; resumed if it exists)."),
-    views: int = typer.Option(None, "--views", "-v", help="Condition views per shape (default: config)."),
-    workers: int = typer.Option(0, "--workers", "-w", help="Worker processes (0 = all cores)."),
-    limit: int = typer.Option(None, "--limit", "-k", help="Only the first K assets (sorted by path)."),
+    overrides: list[str] = typer.Argument(None, help="PrepareConfig overrides: key.sub=value ..."),
+    views: int = typer.Option(None, "--views", "-v", min=0,
+                              help="Condition views per shape (default: config)."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Worker processes (0 = all cores)."),
+    limit: int = typer.Option(None, "--limit", "-k", min=1, help="Only the first K assets (sorted by path)."),
     config: str = typer.Option(None, "--config", "-c", help="PrepareConfig YAML file or packaged name."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any shape failed."),
 ) -> None:
     """Meshes -> normalised shapes (surface, occupancy) and rendered views (image, depth, visible points)."""
     import os
 
-    from vilearn.cli.progress import progress_bar, rate_text
+    from vilearn.cli.progress import print_failures, progress_bar, rate_text
     from vilearn.config import ConfigError, load_config
     from vilearn.data.prepare import PrepareConfig, prepare_dataset
 
-    overrides = [f"views.count={views}"] if views is not None else []
+    overrides = [*(overrides or []), *([f"views.count={views}"] if views is not None else [])]
     try:
         cfg = load_config(PrepareConfig, config, overrides)
     except ConfigError as error:
@@ -57,6 +59,7 @@ def prepare(
     )
     for reason, count in sorted(summary.reasons.items(), key=lambda item: -item[1]):
         console.print(f"  failed: {count} x {reason}")
+    print_failures(summary.failures, where=str(out / "manifest.jsonl"))
     if summary.ok == 0:
         raise typer.Exit(1)
     if strict and summary.failed:
@@ -67,14 +70,18 @@ def prepare(
 def inspect(
     dataset: Path = typer.Argument(..., help="A prepared dataset folder."),
     sheet: Path = typer.Option(None, "--sheet", help="Contact sheet PNG [DATASET/contact_sheet.png]."),
-    count: int = typer.Option(24, "--count", help="Views on the contact sheet."),
+    count: int = typer.Option(24, "--count", min=1, help="Views on the contact sheet."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    verify: bool = typer.Option(False, "--verify",
+                                help="Read every file of every shape and list those that cannot be read."),
 ) -> None:
-    """Counts, failure reasons, point and view statistics, and a contact sheet of the views."""
+    """Counts, failure reasons, point and view statistics, and a contact sheet of the views.
+    Exit status 1 when a file cannot be read (each is listed with the problem)."""
     from dataclasses import asdict
 
+    from vilearn.cli.progress import print_failures, progress_bar
     from vilearn.data.dataset import PreparedDataset
-    from vilearn.data.inspect import contact_sheet, dataset_stats
+    from vilearn.data.inspect import contact_sheet, dataset_stats, unreadable_files
 
     try:
         data = PreparedDataset(dataset)
@@ -105,9 +112,22 @@ def inspect(
                           f" per model in {Path(dataset) / 'CREDITS'}):")
             for line in stats.attributions:
                 console.print(f"  {line}", markup=False, highlight=False)
+    unreadable: dict[str, str] = {}
     if stats.ok:
-        path = contact_sheet(data, sheet or Path(dataset) / "contact_sheet.png", count=count)
-        console.print(f"contact sheet: {path}")
+        try:
+            path = contact_sheet(data, sheet or Path(dataset) / "contact_sheet.png", count=count,
+                                 unreadable=unreadable)
+            console.print(f"contact sheet: {path}")
+        except ValueError as error:  # no readable view at all
+            console.print(f"no contact sheet: {error}")
+    if verify:
+        with progress_bar() as bar:
+            task = bar.add_task("verify", total=stats.ok, failed=0, rate="")
+            unreadable.update(unreadable_files(data, on_shape=lambda _: bar.advance(task)))
+    if unreadable:
+        console.print(f"[red]{len(unreadable)} unreadable file(s)[/]:")
+        print_failures(unreadable)
+        raise typer.Exit(1)
 
 
 @app.command("view-frame")
@@ -115,7 +135,7 @@ def view_frame(
     dataset: Path = typer.Argument(..., help="A prepared (object-frame) dataset folder."),
     out: Path = typer.Argument(..., help="The view-frame dataset to write (resumed if it exists)."),
 ) -> None:
-    """One shape per (shape, view), rotated into that view's camera frame (design.md, "Frames")."""
+    """One shape per (shape, view), rotated into that view's camera frame (docs/design.md, "Frames")."""
     from vilearn.cli.progress import progress_bar
     from vilearn.data.dataset import PreparedDataset
     from vilearn.data.view_frame import derive_view_frame

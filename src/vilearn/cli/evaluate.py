@@ -16,6 +16,8 @@ def parse_ints(text: str, option: str) -> list[int]:
         raise fail(f"{option} {text!r}: expected comma-separated integers") from None
     if not values:
         raise fail(f"{option} {text!r}: give at least one value")
+    if min(values) < 0:
+        raise fail(f"{option} {text!r}: values must be >= 0")
     return values
 
 
@@ -23,11 +25,11 @@ def parse_ints(text: str, option: str) -> list[int]:
 def evaluate_command(
     run: Path = typer.Argument(..., help="A training run (or checkpoint) folder."),
     split: str = typer.Option("val", "--split", help="Held-out split of the run's dataset."),
-    n: int = typer.Option(200, "--n", help="Held-out (shape, view) pairs."),
+    n: int = typer.Option(200, "--n", min=1, help="Held-out (shape, view) pairs."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated sampling seeds."),
-    steps: int = typer.Option(25, "--steps", help="Euler steps."),
-    cfg_scale: float = typer.Option(3.0, "--cfg", help="Classifier-free guidance scale."),
-    resolution: int = typer.Option(64, "--resolution", help="Mesh extraction grid."),
+    steps: int = typer.Option(25, "--steps", min=1, help="Euler steps."),
+    cfg_scale: float = typer.Option(3.0, "--cfg", min=0.0, help="Classifier-free guidance scale."),
+    resolution: int = typer.Option(64, "--resolution", min=8, help="Mesh extraction grid."),
     references: bool = typer.Option(True, "--references/--no-references",
                                     help="Also score the VAE ceiling and the chance level."),
     out: Path = typer.Option(None, "--out", "-o", help="Report folder [RUN/eval/step-N]."),
@@ -47,15 +49,13 @@ def evaluate_command(
     )
     from vilearn.cli.progress import progress_bar
     from vilearn.engine.checkpoint import step_name
-    from vilearn.train.loading import load_trained
-    from vilearn.train.trainer import resolved_vae_name
-    from vilearn.vae.resolve import resolve_vae
+    from vilearn.train.loading import load_trained, run_vae
 
     settings = EvalSettings(split=split, n=n, seeds=parse_ints(seeds, "--seeds"), steps=steps,
                             cfg_scale=cfg_scale, resolution=resolution)
     try:
         trained = load_trained(run, device=device or default_device())
-        vae = resolve_vae(trained.config.vae, device=device or default_device())
+        vae, identity = run_vae(trained, device=device or default_device())
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from error
     out = out or Path(run) / "eval" / step_name(trained.step)
@@ -71,7 +71,7 @@ def evaluate_command(
             for mode in ("ceiling", "chance"):
                 task = bar.add_task(mode, total=n, failed=0, rate="")
                 results[mode] = reference_scores(
-                    trained.config.dataset, vae, resolved_vae_name(trained.config), trained.tokens,
+                    trained.config.dataset, vae, identity.key, trained.tokens,
                     mode, settings, on_item=lambda t=task: bar.advance(t))
     gap = measure_condition_gap(trained, views=min(n, 64), split=split)
     report = write_report(out, results, f"Evaluation of {run} at step {trained.step}",

@@ -53,10 +53,10 @@ def cache_features_command(
         help="A training config (file or packaged name, e.g. paper-1.1b) whose conditioner section "
              "to use, or inline YAML keys: '{kind: dinov2, model: PATH, image_size: 518}'."),
     model: str = typer.Option(None, "--model", help="DINOv2 folder or hub id (instead of --conditioner)."),
-    image_size: int = typer.Option(None, "--image-size",
+    image_size: int = typer.Option(None, "--image-size", min=1,
                                    help="Side the encoder sees (default: the config's, else the "
                                         "processor's)."),
-    batch: int = typer.Option(16, "--batch", help="Views per encoder call."),
+    batch: int = typer.Option(16, "--batch", min=1, help="Views per encoder call."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 or bfloat16."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:

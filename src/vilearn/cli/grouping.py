@@ -14,32 +14,34 @@ def group_command(
     dataset: Path = typer.Argument(..., help="Prepared and encoded dataset folder."),
     vae: Path = typer.Option(..., "--vae", help="Training run, checkpoint or VAE weights (as for encode)."),
     tokens: str = typer.Option(None, "--tokens", help="Token counts, e.g. 256,1024 [every encoded count]."),
-    name: str = typer.Option(None, "--name", help="Latents folder name (default: the VAE's)."),
-    max_mb: int = typer.Option(None, "--max-mb",
+    name: str = typer.Option(None, "--name", help="Readable latents name, as given to encode."),
+    max_mb: int = typer.Option(None, "--max-mb", min=1,
                                help="Memory budget of one attention chunk, MiB [16 on CPU, 1024 on CUDA]."),
     device: str = typer.Option("cpu", "--device"),
     report: bool = typer.Option(False, "--report",
                                 help="Also measure locality (VST/IST-only geometry vs the camera)."),
-    report_shapes: int = typer.Option(8, "--report-shapes", help="Shapes in the locality report."),
-    report_views: int = typer.Option(2, "--report-views", help="Views per shape in the report."),
-    report_resolution: int = typer.Option(64, "--report-resolution", help="Decoding grid of the report."),
+    report_shapes: int = typer.Option(8, "--report-shapes", min=1, help="Shapes in the locality report."),
+    report_views: int = typer.Option(2, "--report-views", min=1, help="Views per shape in the report."),
+    report_resolution: int = typer.Option(64, "--report-resolution", min=8,
+                                          help="Decoding grid of the report."),
 ) -> None:
     """Visibility Grouping: the VST of every view and token count, stored next to the latents;
     resumable. Writes groups/<id>.npz, groups/stats.json and groups/stats.png per token count."""
 
-    from vilearn.cli.progress import ShapeTicker, progress_bar
+    from vilearn.cli.progress import ShapeTicker, print_failures, progress_bar
     from vilearn.cli.vae import _parse_tokens
     from vilearn.data.dataset import PreparedDataset
     from vilearn.grouping.run import group_dataset, token_counts
     from vilearn.grouping.stats import write_stats
     from vilearn.grouping.store import groups_dir
-    from vilearn.vae.resolve import resolve_vae, vae_name
+    from vilearn.vae.identity import find_latents, load_identified
 
-    label = name or vae_name(vae)
     try:
         ids = PreparedDataset(dataset).ids()
+        model, identity = load_identified(vae, name, device)
+        find_latents(dataset, identity)
+        label = identity.key
         counts = _parse_tokens(tokens) if tokens else token_counts(dataset, label)
-        model = resolve_vae(vae, device=device)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise fail(str(error)) from error
     with progress_bar() as bar:
@@ -47,12 +49,11 @@ def group_command(
                                              rate=""), fresh="grouped")
         try:
             budget = max_mb * 2**20 if max_mb else None
-            summary = group_dataset(dataset, model, label, counts, max_bytes=budget,
+            summary = group_dataset(dataset, model, identity, counts, max_bytes=budget,
                                     on_shape=lambda shape_id, n, outcome: tick(outcome))
         except (FileNotFoundError, ValueError) as error:
             raise fail(str(error)) from error
-    for key, reason in list(summary.failed.items())[:10]:
-        console.print(f"  failed: {key}: {reason}")
+    print_failures(summary.failed)
     for n in counts:
         try:
             stats = write_stats(groups_dir(dataset, label, n), ids)
@@ -96,12 +97,12 @@ def _report(dataset: Path, model, label: str, counts: list[int], shapes: int, vi
 def show_groups_command(
     dataset: Path = typer.Argument(..., help="Prepared and encoded dataset folder."),
     shape_id: str = typer.Option(..., "--id", help="Shape id."),
-    view: int = typer.Option(0, "--view", help="View index."),
+    view: int = typer.Option(0, "--view", min=0, help="View index."),
     vae: Path = typer.Option(..., "--vae", help="Training run, checkpoint or VAE weights."),
-    tokens: int = typer.Option(None, "--tokens", help="Token count [the smallest encoded]."),
-    name: str = typer.Option(None, "--name", help="Latents folder name (default: the VAE's)."),
+    tokens: int = typer.Option(None, "--tokens", min=1, help="Token count [the smallest encoded]."),
+    name: str = typer.Option(None, "--name", help="Readable latents name, as given to encode."),
     out: Path = typer.Option(None, "--out", "-o", help="PNG [DATASET/groups-ID-vK.png]."),
-    resolution: int = typer.Option(96, "--resolution", help="Decoding grid resolution."),
+    resolution: int = typer.Option(96, "--resolution", min=8, help="Decoding grid resolution."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """The paper's Figure 2 for one view: condition image, anchors by group, and the geometry
@@ -112,10 +113,12 @@ def show_groups_command(
     from vilearn.grouping.store import groups_path, load_groups
     from vilearn.io import write_png
     from vilearn.vae.encode import latents_dir, read_latents
-    from vilearn.vae.resolve import resolve_vae, vae_name
+    from vilearn.vae.identity import find_latents, load_identified
 
-    label = name or vae_name(vae)
     try:
+        model, identity = load_identified(vae, name, device)
+        find_latents(dataset, identity)
+        label = identity.key
         data = PreparedDataset(dataset)
         row = next((r for r in data.rows() if r["id"] == shape_id), None)
         if row is None:
@@ -123,7 +126,6 @@ def show_groups_command(
         if not 0 <= view < row["views"]:
             raise ValueError(f"--view {view}: shape {shape_id} has views 0..{row['views'] - 1}")
         n = tokens or token_counts(dataset, label)[0]
-        model = resolve_vae(vae, device=device)
         latents = read_latents(latents_dir(dataset, label, n) / f"{shape_id}.safetensors")
         if groups_path(dataset, label, n, shape_id).is_file():
             groups = load_groups(dataset, label, n, shape_id)

@@ -33,6 +33,14 @@ def progress_bar() -> Progress:
     )
 
 
+def print_failures(failed: dict[str, str], limit: int = 10, where: str | None = None) -> None:
+    """The first ``limit`` failures, one line each (``key: reason``), and how many more."""
+    for key, reason in list(failed.items())[:limit]:
+        console.print(f"  [red]failed[/]: {key}: {reason}")
+    if len(failed) > limit:
+        console.print(f"  ... and {len(failed) - limit} more" + (f" (all in {where})" if where else ""))
+
+
 def rate_text(done: int, seconds: float, unit: str) -> str:
     return f"{done / seconds:.2f} {unit}/s" if seconds > 0 and done else f"- {unit}/s"
 

@@ -1,4 +1,8 @@
-"""Readers of a prepared dataset. They stream from the manifest and load one item at a time."""
+"""Readers of a prepared dataset. They stream from the manifest and load one item at a time.
+
+A file that exists but cannot be read raises ``vilearn.io.CorruptFileError`` naming it, so a job
+can record the bad item and go on.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from vilearn.data.camera import Camera
 from vilearn.data.layout import DatasetLayout
 from vilearn.data.prepare import read_manifest
+from vilearn.io import read_image, read_npz
 
 
 class PreparedDataset:
@@ -44,31 +48,26 @@ class PreparedDataset:
 
     def mesh(self, shape_id: str) -> dict[str, np.ndarray]:
         """The normalised mesh: vertices (V, 3) float32, faces (F, 3) int32, face_colors (F, 3) uint8."""
-        with np.load(self.layout.mesh(shape_id)) as data:
-            return {key: data[key] for key in data.files}
+        return read_npz(self.layout.mesh(shape_id))
 
     def surface(self, shape_id: str) -> dict[str, np.ndarray]:
         """points (S, 3) float32, normals (S, 3) float32."""
-        with np.load(self.layout.surface(shape_id)) as data:
-            return {key: data[key] for key in data.files}
+        return read_npz(self.layout.surface(shape_id))
 
     def occupancy(self, shape_id: str) -> dict[str, np.ndarray]:
         """uniform_points (U, 3), uniform_labels (U,), near_points (M, 3), near_labels (M,)."""
-        with np.load(self.layout.occupancy(shape_id)) as data:
-            return {key: data[key] for key in data.files}
+        return read_npz(self.layout.occupancy(shape_id))
 
-    def view(self, shape_id: str, index: int) -> dict[str, np.ndarray]:
-        """The arrays of one view (see ``vilearn.data.layout``)."""
-        with np.load(self.layout.view(shape_id, index)) as data:
-            return {key: data[key] for key in data.files}
+    def view(self, shape_id: str, index: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """The arrays of one view (see ``vilearn.data.layout``); only ``keys`` when given."""
+        return read_npz(self.layout.view(shape_id, index), keys)
 
     def camera(self, shape_id: str, index: int) -> Camera:
         return Camera.from_arrays(self.view(shape_id, index))
 
     def image(self, shape_id: str, index: int) -> np.ndarray:
         """The condition image, (H, W, 3) uint8 on white."""
-        with Image.open(self.layout.view_image(shape_id, index)) as image:
-            return np.asarray(image.convert("RGB"))
+        return read_image(self.layout.view_image(shape_id, index))
 
 
 def _subset(rng: np.random.Generator, count: int, size: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from vilearn.data.camera import Camera
 from vilearn.data.dataset import PreparedDataset
 from vilearn.data.prepare import reason_kind
 from vilearn.data.sweethome3d import is_attribution_license
-from vilearn.io import write_png
+from vilearn.io import CorruptFileError, read_npz, write_png
 
 
 @dataclass
@@ -87,21 +87,50 @@ def overlay_visible_points(image: np.ndarray, camera: Camera, points: np.ndarray
     return canvas
 
 
+def unreadable_files(data: PreparedDataset, on_shape=None) -> dict[str, str]:
+    """Every file of every usable shape read completely: {file: what is wrong} for those that
+    cannot be (``vilearn inspect --verify``). ``on_shape(id)`` is called after each shape."""
+    layout, problems = data.layout, {}
+    for row in data.rows():
+        shape_id = row["id"]
+        paths = [layout.mesh(shape_id), layout.surface(shape_id), layout.occupancy(shape_id)]
+        paths += [p for k in range(row["views"]) for p in (layout.view(shape_id, k),
+                                                          layout.view_image(shape_id, k))]
+        for path in paths:
+            try:
+                if path.suffix == ".png":
+                    data.image(shape_id, int(path.stem))
+                else:
+                    read_npz(path)
+            except (CorruptFileError, FileNotFoundError) as error:
+                problems[f"{shape_id} / {path.relative_to(layout.shape_dir(shape_id))}"] = str(error)
+        if on_shape:
+            on_shape(shape_id)
+    return problems
+
+
 def contact_sheet(
-    data: PreparedDataset, out: str | Path, count: int = 24, columns: int = 6, tile: int = 192
+    data: PreparedDataset, out: str | Path, count: int = 24, columns: int = 6, tile: int = 192,
+    unreadable: dict[str, str] | None = None,
 ) -> Path:
     """A PNG grid: for the first ``count`` usable views, the image and its projected visible points.
 
     Each cell shows the condition image (left) and the same image with the stored visible
     points projected through the stored camera (right): the dots must cover the object exactly.
+    Views whose files cannot be read are left out and recorded in ``unreadable`` ({view: reason}).
     """
     cells = []
     for row in data.rows():
         for view in range(row["views"]):
             if len(cells) == count:
                 break
-            arrays = data.view(row["id"], view)
-            image = data.image(row["id"], view)
+            try:
+                arrays = data.view(row["id"], view)
+                image = data.image(row["id"], view)
+            except (CorruptFileError, FileNotFoundError) as error:
+                if unreadable is not None:
+                    unreadable[f"{row['id']} / view {view}"] = str(error)
+                continue
             overlay = overlay_visible_points(image, Camera.from_arrays(arrays), arrays["visible_points"])
             pair = Image.new("RGB", (2 * tile, tile), "white")
             pair.paste(Image.fromarray(image).resize((tile, tile)), (0, 0))

@@ -1,4 +1,5 @@
-"""The prepared dataset on disk (design.md, "Data contracts"). One place knows every path.
+"""The prepared dataset on disk (docs/design.md, "Data contracts and the layout on disk").
+One place knows every path.
 
 ```
 DATASET/

@@ -340,6 +340,18 @@ def _read_model(path: Path, member: str | None):
     return data, resolver, posixpath.splitext(member)[1], member
 
 
+_OBJ_ZERO_INDEX = re.compile(rb"(?m)^f[ \t][^\n]*?(?<=[ \t/])0(?=[ \t/\r\n]|$)")
+
+
+def check_obj_indices(data: bytes) -> None:
+    """OBJ indices start at 1 (negative ones count back); a 0 is invalid, and trimesh would read
+    it silently as another vertex. Raises MeshError naming the line."""
+    match = _OBJ_ZERO_INDEX.search(data)
+    if match is not None:
+        line = data.count(b"\n", 0, match.start()) + 1
+        raise MeshError(f"OBJ face index 0 on line {line} (indices start at 1)")
+
+
 def load_mesh(path: str | Path, color: tuple[int, int, int] | None = None, member: str | None = None,
               rotation: tuple[float, ...] | None = None) -> Mesh:
     """Load any trimesh-readable file; scenes are flattened with their node transforms, each part
@@ -358,6 +370,8 @@ def load_mesh(path: str | Path, color: tuple[int, int, int] | None = None, membe
     if len(data) == 0:
         raise MeshError("empty file (0 bytes)")
     file_type = file_type.lower().lstrip(".")
+    if file_type == "obj":
+        check_obj_indices(data)
     warnings, drawable = _obj_material_check(data, resolver) if file_type == "obj" else ([], None)
     try:
         loaded = trimesh.load(io.BytesIO(data), file_type=file_type, resolver=resolver, process=False)
@@ -369,6 +383,9 @@ def load_mesh(path: str | Path, color: tuple[int, int, int] | None = None, membe
         parts = [loaded]
     else:
         parts = []
+    geometry = list(loaded.geometry.values()) if isinstance(loaded, trimesh.Scene) else [loaded]
+    if not any(len(getattr(g, "vertices", ())) for g in geometry):
+        raise MeshError(f"not a mesh: nothing could be read from this .{file_type} file ({name})")
     parts = [p for p in parts if len(p.faces)]
     if not parts:
         raise MeshError(f"no triangle faces in {name}")

@@ -18,34 +18,44 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
-from vilearn.config import ConfigError, from_dict, to_dict
+from vilearn.config import AtLeastOne, ConfigError, Fraction, NonNegative, Positive, Range, from_dict, to_dict
 from vilearn.data.appearance import Appearance, barycentric
 from vilearn.data.camera import Camera, fit_distance, orbit_camera
 from vilearn.data.inside import winding_numbers
 from vilearn.data.layout import FORMAT_VERSION, DatasetLayout
-from vilearn.data.mesh import Mesh, MeshError, Source, iter_sources, load_source, normalize, validate
+from vilearn.data.mesh import (
+    MESH_SUFFIXES,
+    Mesh,
+    MeshError,
+    Source,
+    iter_sources,
+    load_source,
+    normalize,
+    validate,
+)
 from vilearn.data.render import Raycaster
 from vilearn.data.sampling import occupancy_samples, sample_sharp_edges, sample_surface
 from vilearn.data.watertight import WatertightConfig, watertight_mesh
-from vilearn.io import read_json, write_json, write_npz, write_png, write_text
+from vilearn.io import clean_stale_tmp, read_json, write_json, write_npz, write_png, write_text
 
 
 @dataclass
 class ViewConfig:
     """Condition views: cameras on a sphere around the object, looking at its centre."""
 
-    count: int = 8
-    image_size: int = 384
-    fov_deg: float = 40.0
+    count: Annotated[int, NonNegative] = 8
+    image_size: Annotated[int, Range(8)] = 384
+    fov_deg: Annotated[float, Range(1, 150)] = 40.0
     elevation_deg: tuple[float, float] = (-10.0, 40.0)
-    distance: float | None = None  # None: fit the object's bounding sphere into the view
+    distance: Annotated[float, Positive] | None = None  # None: fit the bounding sphere into the view
     up_axis: str = "z"
-    visible_points: int = 20000
-    ambient: float = 0.35
-    diffuse: float = 0.65
+    visible_points: Annotated[int, AtLeastOne] = 20000
+    ambient: Annotated[float, Fraction] = 0.35
+    diffuse: Annotated[float, Fraction] = 0.65
 
     def __post_init__(self):
         if self.count < 0 or self.image_size < 8 or self.visible_points < 1:
@@ -63,19 +73,20 @@ class ViewConfig:
 class PrepareConfig:
     """Everything that decides what ``prepare`` writes (it is stored in dataset.json)."""
 
-    surface_points: int = 81920  # 20 per token at 4096 tokens (Hunyuan3D-2.1's VAE input)
+    # 20 per token at 4096 tokens (Hunyuan3D-2.1's VAE input)
+    surface_points: Annotated[int, AtLeastOne] = 81920
     # Points on sharp edges (dihedral angle above sharp_angle_deg), stored next to the uniform
     # ones: the sharp half of a Hunyuan3D-2.0 VAE's input at 4096 tokens (20 x 4096 / 2).
-    sharp_points: int = 40960
-    sharp_angle_deg: float = 20.0
-    uniform_points: int = 25000
-    near_points: int = 25000
-    near_sigmas: tuple[float, float] = (0.005, 0.025)
-    margin: float = 0.05
-    max_faces: int = 500_000
-    min_thickness: float = 1e-3
-    val_fraction: float = 0.05
-    seed: int = 0
+    sharp_points: Annotated[int, NonNegative] = 40960
+    sharp_angle_deg: Annotated[float, Range(0, 180, low_open=True, high_open=True)] = 20.0
+    uniform_points: Annotated[int, AtLeastOne] = 25000
+    near_points: Annotated[int, AtLeastOne] = 25000
+    near_sigmas: tuple[Annotated[float, Positive], Annotated[float, Positive]] = (0.005, 0.025)
+    margin: Annotated[float, Range(0, 0.5, high_open=True)] = 0.05
+    max_faces: Annotated[int, AtLeastOne] = 500_000
+    min_thickness: Annotated[float, Range(0, 1)] = 1e-3
+    val_fraction: Annotated[float, Range(0, 1, high_open=True)] = 0.05
+    seed: Annotated[int, NonNegative] = 0
     views: ViewConfig = field(default_factory=ViewConfig)
     watertight: WatertightConfig = field(default_factory=WatertightConfig)
 
@@ -337,15 +348,22 @@ def write_manifest(path: Path, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in ordered))
 
 
-def _check_dataset_config(layout: DatasetLayout, config: PrepareConfig) -> None:
+def _check_dataset_config(layout: DatasetLayout, config: PrepareConfig) -> bool:
+    """Record the settings in dataset.json; a dataset with prepared shapes must keep its own.
+    Returns True when the folder starts afresh (new, or no shape was prepared yet)."""
     wanted = {"format_version": FORMAT_VERSION, "prepare": to_dict(config)}
     if layout.config.is_file():
-        existing = read_json(layout.config)
+        try:
+            existing = read_json(layout.config)
+        except (OSError, json.JSONDecodeError):
+            existing = {}  # torn by a crash before any shape: judged below like other settings
         try:  # settings added since the dataset was made take their defaults
             existing["prepare"] = to_dict(from_dict(PrepareConfig, existing.get("prepare")))
         except ConfigError:
             pass
-        if existing != wanted:
+        if existing == wanted:
+            return False
+        if next((layout.root / "shapes").glob("*/record.json"), None) is not None:
             old = {"format_version": existing.get("format_version"), **existing.get("prepare", {})}
             new = {"format_version": FORMAT_VERSION, **wanted["prepare"]}
             keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
@@ -353,8 +371,8 @@ def _check_dataset_config(layout: DatasetLayout, config: PrepareConfig) -> None:
                 f"{layout.root}: already prepared with different settings (dataset.json differs "
                 f"in {', '.join(keys)}); use another output folder, or the same settings to resume"
             )
-        return
-    write_json(layout.config, wanted)
+    write_json(layout.config, wanted)  # nothing prepared yet: the new settings apply
+    return True
 
 
 @dataclass
@@ -364,6 +382,7 @@ class PrepareSummary:
     failed: int = 0
     skipped: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # "id (source)" -> reason; the first 100
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -381,15 +400,23 @@ def prepare_dataset(
 
     Shapes whose ``record.json`` exists are kept as they are (failed ones too: failures are
     deterministic); anything else is (re)done. The manifest is rewritten, atomically, every
-    ``manifest_every_s`` seconds and at the end.
+    ``manifest_every_s`` seconds and at the end. Nothing is written before ``source`` is found
+    to hold meshes; a folder without any prepared shape takes new settings.
+
+    Raises:
+        FileNotFoundError: ``source`` is not a folder, or holds no mesh file.
+        ConfigError: ``out`` has shapes prepared with other settings.
     """
-    layout = DatasetLayout(out)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    _check_dataset_config(layout, config)
     sources = list(iter_sources(source))
+    if not sources:
+        raise FileNotFoundError(f"source {str(source)!r}: no mesh files ({' '.join(MESH_SUFFIXES)}) in it")
     if limit is not None:
         sources = sources[:limit]
-    rows = {row["id"]: row for row in read_manifest(layout.manifest)}
+    layout = DatasetLayout(out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(layout.root)
+    fresh = _check_dataset_config(layout, config)
+    rows = {} if fresh else {row["id"]: row for row in read_manifest(layout.manifest)}
     summary = PrepareSummary(total=len(sources))
     todo = []
     for src in sources:
@@ -440,6 +467,8 @@ def _count(summary: PrepareSummary, result: JobResult, progress) -> None:
         summary.failed += 1
         key = reason_kind(record["reason"])
         summary.reasons[key] = summary.reasons.get(key, 0) + 1
+        if len(summary.failures) < 100:
+            summary.failures[f"{record['id']} ({record.get('source', '?')})"] = record["reason"]
     for stage, seconds in result.timings.items():
         summary.timings[stage] = summary.timings.get(stage, 0.0) + seconds
     if progress is not None:

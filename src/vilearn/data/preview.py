@@ -38,10 +38,13 @@ def both_sides(vertices: np.ndarray, faces: np.ndarray, camera: Camera,
 
 
 def write_grid(path: str | Path, rows: list[list[np.ndarray]], titles: list[str] | None = None,
-               tile: int = 160) -> Path:
-    """Rows of (H, W, 3) uint8 images as one PNG of ``tile``-pixel cells, titles on top."""
+               tile: int = 160, row_labels: list[str] | None = None) -> Path:
+    """Rows of (H, W, 3) uint8 images as one PNG of ``tile``-pixel cells, column ``titles`` on
+    top and, with ``row_labels``, each row's label along the bottom of its first cell."""
     if not rows:
         raise ValueError("write_grid: no rows to draw")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"write_grid: {len(row_labels)} row labels for {len(rows)} rows")
     columns = max(len(row) for row in rows)
     header = 18 if titles else 0
     sheet = Image.new("RGB", (columns * tile, header + len(rows) * tile), "white")
@@ -51,6 +54,10 @@ def write_grid(path: str | Path, rows: list[list[np.ndarray]], titles: list[str]
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             sheet.paste(Image.fromarray(image).resize((tile, tile)), (c * tile, header + r * tile))
+        if row_labels is not None:
+            bottom = header + (r + 1) * tile
+            draw.rectangle((0, bottom - 14, tile - 1, bottom - 1), fill=(255, 255, 255))
+            draw.text((3, bottom - 13), row_labels[r], fill=(0, 0, 0))
     path = Path(path)
     write_png(path, sheet)
     return path

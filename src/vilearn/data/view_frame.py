@@ -1,4 +1,5 @@
-"""View-aligned datasets (design.md, "Frames"): one shape per (shape, view), in that view's frame.
+"""View-aligned datasets (docs/design.md, "Frames"): one shape per (shape, view), in that view's
+frame.
 
 ``derive_view_frame(SRC, DST)`` turns a prepared object-frame dataset into another prepared
 dataset whose shape ``<id>~<k>`` is shape ``<id>`` seen from its view ``k`` and expressed in the
@@ -27,7 +28,15 @@ import numpy as np
 
 from vilearn.data.layout import FORMAT_VERSION, DatasetLayout
 from vilearn.data.prepare import read_manifest, write_manifest
-from vilearn.io import read_json, write_bytes, write_json, write_npz
+from vilearn.io import (
+    CorruptFileError,
+    clean_stale_tmp,
+    read_json,
+    read_npz,
+    write_bytes,
+    write_json,
+    write_npz,
+)
 
 SEPARATOR = "~"
 
@@ -80,17 +89,12 @@ def view_arrays(view: dict[str, np.ndarray], scale: float) -> dict[str, np.ndarr
 def derive_shape(src: DatasetLayout, dst: DatasetLayout, row: dict) -> list[dict]:
     """Write every view of one ok source shape as a view-frame shape; returns their records."""
     shape_id = row["id"]
-    with np.load(src.mesh(shape_id)) as data:
-        mesh = {key: data[key] for key in data.files}
-    with np.load(src.surface(shape_id)) as data:
-        surface = {key: data[key] for key in data.files}
-    with np.load(src.occupancy(shape_id)) as data:
-        occupancy = {key: data[key] for key in data.files}
+    mesh, surface, occupancy = (read_npz(src.mesh(shape_id)), read_npz(src.surface(shape_id)),
+                                read_npz(src.occupancy(shape_id)))
     scale = unit_sphere_scale(mesh["vertices"])
     records = []
     for k in range(int(row["views"])):
-        with np.load(src.view(shape_id, k)) as data:
-            view = {key: data[key] for key in data.files}
+        view = read_npz(src.view(shape_id, k))
         new_id = view_shape_id(shape_id, k)
         if dst.record(new_id).is_file():
             records.append(read_json(dst.record(new_id)))
@@ -130,12 +134,16 @@ def derive_view_frame(src: str | Path, dst: str | Path,
         raise ValueError(f"{dst}: already holds a dataset derived from other settings or another "
                          "source (dataset.json); use another folder")
     write_json(dst_layout.config, wanted)
+    clean_stale_tmp(dst_layout.root)
     rows = []
     for row in read_manifest(src_layout.manifest):
         if row.get("status") != "ok":
             rows.append(row)
         else:
-            rows += derive_shape(src_layout, dst_layout, row)
+            try:
+                rows += derive_shape(src_layout, dst_layout, row)
+            except (CorruptFileError, FileNotFoundError) as error:  # one bad file fails its shape
+                rows.append({**row, "status": "failed", "reason": f"unreadable source file: {error}"})
         if on_shape:
             on_shape(row["id"])
     write_manifest(dst_layout.manifest, rows)

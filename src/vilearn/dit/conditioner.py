@@ -19,10 +19,12 @@ Images are prepared by ``vilearn.dit.preprocess.prepare_condition_image`` first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
+
+from vilearn.config import AtLeastOne, Fraction, NonNegative
 
 EFFICIENTNET_KINDS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 FROZEN_KINDS = ("dinov2", *EFFICIENTNET_KINDS)
@@ -61,13 +63,13 @@ class ConditionerConfig:
 
     kind: ConditionerKind = "patch"
     model: str = "facebook/dinov2-giant"
-    image_size: int | None = 224
+    image_size: Annotated[int, AtLeastOne] | None = 224
     features: list[str] = field(default_factory=lambda: ["stage5"])
-    patch_size: int = 16
-    width: int = 64
-    depth: int = 2
-    num_heads: int = 4
-    drop_prob: float = 0.1
+    patch_size: Annotated[int, AtLeastOne] = 16
+    width: Annotated[int, AtLeastOne] = 64
+    depth: Annotated[int, NonNegative] = 2
+    num_heads: Annotated[int, AtLeastOne] = 4
+    drop_prob: Annotated[float, Fraction] = 0.1
     null: Literal["zero", "learned"] = "zero"
     cached: bool = False
     crop: bool = True

@@ -96,6 +96,7 @@ class DiTConfig:
             "num_heads",
             "mlp_ratio",
             "theta",
+            "time_factor",
         )
         for name in positive:
             if getattr(self, name) <= 0:

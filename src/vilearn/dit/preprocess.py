@@ -17,6 +17,33 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+MIN_IMAGE_SIDE = 16  # pixels; smaller inputs are refused (nothing to condition on)
+WHITE_BORDER_FRACTION = 0.9  # an RGB input's border must be this white to pass as "on white"
+
+
+def check_condition_image(image: Image.Image, white_threshold: int = 250) -> list[str]:
+    """Problems of a user's condition image, before it is prepared.
+
+    Returns:
+        warnings (empty when fine): an RGB image without alpha whose border is not white, whose
+        background ``prepare_condition_image`` would then take for part of the object.
+    Raises:
+        ValueError: the image is smaller than ``MIN_IMAGE_SIDE`` on a side.
+    """
+    if min(image.size) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{image.size[0]}x{image.size[1]} pixels: too small (at least "
+                         f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
+    if "A" in image.mode or "transparency" in image.info:
+        return []
+    rgb = np.asarray(image.convert("RGB"))
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])  # (2W + 2H, 3)
+    white = float((border.min(axis=1) >= white_threshold).mean())
+    if white >= WHITE_BORDER_FRACTION:
+        return []
+    return [f"no alpha channel and the background is not white (only {white:.0%} of the border "
+            "is): it will be taken for part of the object; give an RGBA cut-out or the object "
+            "on white"]
+
 
 def _as_rgba(image, mask, white_threshold: int) -> np.ndarray:
     """-> (H, W, 4) float32 in [0, 1]; alpha from ``mask``, the image's alpha, or non-white."""

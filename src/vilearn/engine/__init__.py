@@ -6,8 +6,10 @@ run one way (``engine`` <- ``vae`` <- ``train``).
 """
 
 from vilearn.engine.checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    load_latest,
     save_checkpoint,
 )
 from vilearn.engine.ema import EMA
@@ -15,5 +17,5 @@ from vilearn.engine.logging import JSONLLogger
 from vilearn.engine.rng import capture_rng_state, restore_rng_state
 from vilearn.engine.schedule import lr_factor
 
-__all__ = ["EMA", "JSONLLogger", "capture_rng_state", "latest_checkpoint", "load_checkpoint",
-           "lr_factor", "restore_rng_state", "save_checkpoint"]
+__all__ = ["EMA", "CheckpointError", "JSONLLogger", "capture_rng_state", "latest_checkpoint",
+           "load_checkpoint", "load_latest", "lr_factor", "restore_rng_state", "save_checkpoint"]

@@ -1,9 +1,9 @@
 """Visibility Grouping: decoder cross-attention -> VST / IST per view, statistics, figures.
 
-Method (design.md, "The method, precisely"): the visible points of a view query the shape's
-decoded tokens through the VAE decoder's own cross-attention paths; A = softmax over tokens
-of q.k / sqrt(d), averaged over heads; each point picks its argmax token; VST = the unique
-picks, IST = the rest. Done once after ``vilearn encode``, on the posterior means, in the
+Method (docs/design.md, "The method as implemented"): the visible points of a view query the
+shape's decoded tokens through the VAE decoder's own cross-attention paths; A = softmax over
+tokens of q.k / sqrt(d), averaged over heads; each point picks its argmax token; VST = the
+unique picks, IST = the rest. Done once after ``vilearn encode``, on the posterior means, in the
 latents' (object) frame.
 
 Public API (V views, N tokens, M points, W width):
@@ -13,8 +13,9 @@ Public API (V views, N tokens, M points, W width):
 - ``group_shape(vae, latents (N, C), view_points [(P_k, 3)] * V) -> Groups``
 - ``Groups``: ``visible (V, N) bool``, ``hits (V, N) int32``, ``visible_points (V,) int64``;
   ``.vst(k)``, ``.ist(k)``, ``.visible_fraction()``, ``.empty_views``
-- storage: ``load_groups(root, vae_name, N, shape_id)``, ``groups_path``, ``groups_dir``,
-  ``save_groups``, ``read_groups``; dataset driver ``group_dataset(root, vae, vae_name, tokens)``
+- storage: ``load_groups(root, key, N, shape_id)`` (``key``: the latents folder,
+  ``VAEIdentity.key``), ``groups_path``, ``groups_dir``, ``save_groups``, ``read_groups``;
+  dataset driver ``group_dataset(root, vae, identity, tokens)``
 - statistics: ``write_stats(groups_dir)`` -> ``stats.json`` + ``stats.png``
 - inference partition ratio: ``DEFAULT_VISIBLE_RATIO`` (1/3) and
   ``measured_visible_ratio(root, vae_name, N)`` (for ``DiTConfig.visible_ratio``; the partition

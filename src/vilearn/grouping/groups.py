@@ -18,7 +18,7 @@ from vilearn.grouping.assign import assign_to_keys
 
 @dataclass
 class Groups:
-    """One shape's grouping at one token count (design.md's VST contract).
+    """One shape's grouping at one token count (docs/design.md, "Latents, groups and features").
 
     visible (V, N) bool: token j is in view k's VST; hits (V, N) int32: visible points whose
     argmax is token j; visible_points (V,) int64: points used per view (0 = degenerate view).

@@ -17,7 +17,9 @@ import torch
 from vilearn.data.dataset import PreparedDataset
 from vilearn.grouping.groups import Groups, group_shape
 from vilearn.grouping.store import groups_path, is_complete, save_groups
+from vilearn.io import clean_stale_tmp
 from vilearn.vae.encode import latents_dir, read_latents
+from vilearn.vae.identity import VAEIdentity, find_latents
 
 
 @dataclass
@@ -27,12 +29,11 @@ class GroupSummary:
     failed: dict[str, str] = field(default_factory=dict)  # "id@N" -> reason
 
 
-def token_counts(root: str | Path, vae_name: str) -> list[int]:
-    """The token counts encoded for ``vae_name`` (numeric folders under latents/<vae-name>)."""
-    folder = Path(root) / "latents" / vae_name
+def token_counts(root: str | Path, key: str | VAEIdentity) -> list[int]:
+    """The token counts encoded in ``latents/<key>`` (its numeric folders)."""
+    folder = latents_dir(root, key, 0).parent
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no latents for VAE {vae_name!r} "
-                                f"(run 'vilearn encode {root} --vae ...' first)")
+        raise FileNotFoundError(f"{folder}: no latents (run 'vilearn encode {root} --vae ...' first)")
     counts = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
     if not counts:
         raise FileNotFoundError(f"{folder}: no token-count folders (run 'vilearn encode' first)")
@@ -41,11 +42,8 @@ def token_counts(root: str | Path, vae_name: str) -> list[int]:
 
 def view_points(data: PreparedDataset, shape_id: str, num_views: int) -> list[np.ndarray]:
     """Each view's visible points (P_k, 3) float32, read without loading the images."""
-    out = []
-    for k in range(num_views):
-        with np.load(data.layout.view(shape_id, k)) as arrays:
-            out.append(arrays["visible_points"].astype(np.float32))
-    return out
+    return [data.view(shape_id, k, ("visible_points",))["visible_points"].astype(np.float32)
+            for k in range(num_views)]
 
 
 def group_one(vae, data: PreparedDataset, vae_name: str, num_tokens: int, shape_id: str,
@@ -61,21 +59,25 @@ def group_one(vae, data: PreparedDataset, vae_name: str, num_tokens: int, shape_
 
 
 @torch.no_grad()
-def group_dataset(root: str | Path, vae, vae_name: str, tokens: list[int] | None = None,
+def group_dataset(root: str | Path, vae, identity: VAEIdentity, tokens: list[int] | None = None,
                   max_bytes: int | None = None, split: str | None = None,
                   on_shape: Callable[[str, int, str], None] | None = None) -> GroupSummary:
-    """Write ``latents/<vae_name>/<N>/groups/<id>.npz`` for every ok shape and token count.
+    """Write ``latents/<key>/<N>/groups/<id>.npz`` for every ok shape and token count, with
+    ``vae`` (whose identity is ``identity``: the latents folder must be its own).
 
     ``tokens`` defaults to every encoded count. ``on_shape(id, N, outcome)`` is called per
     shape and count with outcome "grouped", "skipped" or "failed". A shape without latents or
-    with a broken view file fails alone (reason in the summary); the others go on.
+    with an unreadable file fails alone (reason, naming the file, in the summary); the others go on.
     """
     data = PreparedDataset(root)
+    find_latents(root, identity)
+    vae_name = identity.key
     tokens = sorted(set(tokens or token_counts(root, vae_name)))
     for n in tokens:
         if not latents_dir(root, vae_name, n).is_dir():
             raise FileNotFoundError(f"{latents_dir(root, vae_name, n)}: no latents at {n} tokens "
                                     f"(run 'vilearn encode {root} --vae ... --tokens {n}')")
+    clean_stale_tmp(*(groups_path(root, vae_name, n, "x").parent for n in tokens))
     summary = GroupSummary()
     for row in data.rows(split):
         shape_id, num_views = row["id"], int(row.get("views", 0))

@@ -3,7 +3,7 @@
 ```yaml
 dataset: data/urdfs            # a prepared dataset with encoded latents and groups
 vae: runs/vae-tiny             # the VAE (run, checkpoint or weights) that made the latents
-vae_name: null                 # latents folder name under DATASET/latents (default: from vae)
+vae_name: null                 # readable part of its latents folder <name>-<hash8> (default: from vae)
 init: {dit: null, conditioner: true}       # start from released weights (fine-tuning)
 latent_norm: dataset           # dataset: per-channel stats; vae: the VAE's scale_factor (Hunyuan3D)
 model: {arch: mmdit, preset: tiny, vape: va-rope, ...}   # arch mmdit (DiTConfig) or plain
@@ -20,8 +20,9 @@ val: {every: 500, shapes: 16, ...}
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from vilearn.config import AtLeastOne, Decay, Fraction, NonNegative, Positive, Range
 from vilearn.dit.conditioner import ConditionerConfig
 from vilearn.dit.config import DiTConfig, PlainDiTConfig, denoiser_config
 from vilearn.flow.timesteps import TimestepConfig
@@ -31,9 +32,9 @@ from vilearn.flow.timesteps import TimestepConfig
 class StageConfig:
     """One stage of the progressive schedule: ``steps`` optimizer steps at ``tokens`` tokens."""
 
-    tokens: int
-    steps: int
-    batch_size: int
+    tokens: Annotated[int, AtLeastOne]
+    steps: Annotated[int, AtLeastOne]
+    batch_size: Annotated[int, AtLeastOne]
 
     def __post_init__(self) -> None:
         if min(self.tokens, self.steps, self.batch_size) < 1:
@@ -42,13 +43,13 @@ class StageConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4  # the paper's
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
+    lr: Annotated[float, Positive] = 1e-4  # the paper's
+    betas: list[Annotated[float, Decay]] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: Annotated[float, NonNegative] = 0.0
+    warmup_steps: Annotated[int, NonNegative] = 100
     decay: Literal["cosine", "linear", "constant"] = "constant"
-    min_lr_ratio: float = 1.0
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    min_lr_ratio: Annotated[float, Fraction] = 1.0  # the LR decays to lr * min_lr_ratio
+    grad_clip: Annotated[float, NonNegative] = 1.0  # max global grad norm; 0 disables
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -74,9 +75,9 @@ class LoRAConfig:
             regular expressions matched against full module names (``double_blocks\\.[0-3]\\..*qkv``).
     """
 
-    rank: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.0
+    rank: Annotated[int, AtLeastOne] = 16
+    alpha: Annotated[float, Positive] = 16.0
+    dropout: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     targets: list[str] = field(default_factory=lambda: ["attention"])
 
     def __post_init__(self) -> None:
@@ -108,10 +109,10 @@ class InitConfig:
 
 @dataclass
 class LoopConfig:
-    seed: int = 0
-    grad_accum: int = 1  # micro-batches per optimizer step
+    seed: Annotated[int, NonNegative] = 0
+    grad_accum: Annotated[int, AtLeastOne] = 1  # micro-batches per optimizer step
     precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
-    ema_decay: float = 0.999
+    ema_decay: Annotated[float, Decay] = 0.999
     gradient_checkpointing: bool = False
     compile: bool = False
     posterior: Literal["sample", "mean"] = "sample"  # latents: a posterior sample or its mean
@@ -119,11 +120,11 @@ class LoopConfig:
     # benchmark's control) a random group of the same size, which tells whether a gain comes
     # from visibility or from the rotation itself.
     visibility: Literal["vst", "random"] = "vst"
-    workers: int = 0  # DataLoader worker processes
+    workers: Annotated[int, NonNegative] = 0  # DataLoader worker processes
     lora: LoRAConfig | None = None  # LoRA fine-tuning of the denoiser (needs init.dit)
-    log_every: int = 10
-    ckpt_every: int = 500
-    keep_checkpoints: int = 3
+    log_every: Annotated[int, AtLeastOne] = 10
+    ckpt_every: Annotated[int, AtLeastOne] = 500
+    keep_checkpoints: Annotated[int, AtLeastOne] = 3
 
     def __post_init__(self) -> None:
         if self.grad_accum < 1 or self.log_every < 1 or self.ckpt_every < 1 or self.keep_checkpoints < 1:
@@ -132,22 +133,22 @@ class LoopConfig:
 
 @dataclass
 class ValConfig:
-    every: int = 500  # held-out flow loss every N steps (0: never)
-    shapes: int = 16  # held-out (shape, view) pairs, fixed for the whole run
-    timesteps: int = 4  # fixed t values per pair: (i + 0.5) / timesteps
-    seed: int = 1234  # fixed noise
-    sample_every: int = 0  # generated-mesh grid every N steps (0: never)
-    sample_count: int = 4
-    sample_steps: int = 25
-    cfg_scale: float = 3.0
-    resolution: int = 64  # mesh extraction grid
+    every: Annotated[int, NonNegative] = 500  # held-out flow loss every N steps (0: never)
+    shapes: Annotated[int, AtLeastOne] = 16  # held-out (shape, view) pairs, fixed for the whole run
+    timesteps: Annotated[int, AtLeastOne] = 4  # fixed t values per pair: (i + 0.5) / timesteps
+    seed: Annotated[int, NonNegative] = 1234  # fixed noise
+    sample_every: Annotated[int, NonNegative] = 0  # generated-mesh grid every N steps (0: never)
+    sample_count: Annotated[int, AtLeastOne] = 4
+    sample_steps: Annotated[int, AtLeastOne] = 25
+    cfg_scale: Annotated[float, NonNegative] = 3.0
+    resolution: Annotated[int, Range(8)] = 64  # mesh extraction grid
 
 
 @dataclass
 class TrainConfig:
     dataset: str = ""
     vae: str = ""
-    vae_name: str | None = None
+    vae_name: str | None = None  # as given to 'vilearn encode --name'; the hash part is the VAE's
     init: InitConfig = field(default_factory=InitConfig)
     # How latents are scaled for the diffusion model: per-channel statistics of the dataset, or
     # (``vae``) times the VAE's scale_factor, the convention Hunyuan3D's denoisers were trained in.

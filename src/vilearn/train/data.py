@@ -9,6 +9,10 @@ Reproducible order without state: item j of micro-batch m of optimizer step s on
 the sample at position p = ((s * A + m) * R + r) * B + j of an endless stream made of seeded
 permutations of the items (one per epoch); its random choices (the view, the posterior noise)
 come from a generator seeded by (seed, stage, p). Resuming therefore needs only the step.
+
+An item whose files cannot be read is replaced by the next readable item (index + 1, + 2, ...,
+same seed), so the order stays a function of the step; the item then lists what it skipped in
+``unreadable`` for the trainer to count.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from vilearn.data.dataset import PreparedDataset
 from vilearn.dit.preprocess import prepare_condition_image
 from vilearn.engine.runtime import step_seed
 from vilearn.grouping.store import groups_path
+from vilearn.io import CorruptFileError, read_npz
 from vilearn.train.features import features_path, read_view_features, stored_views
-from vilearn.vae.encode import latents_dir
+from vilearn.vae.encode import latents_dir, read_latents
 
 
 def condition_image(data: PreparedDataset, shape_id: str, view: int, size: int,
@@ -34,21 +39,22 @@ def condition_image(data: PreparedDataset, shape_id: str, view: int, size: int,
     """A stored view's image as the conditioner sees it (cropped with its mask unless ``crop`` is
     false, padded, resized): (3, size, size) float32 in [0, 1]. Training, evaluation and the demo
     all go through here."""
-    with np.load(data.layout.view(shape_id, view)) as arrays:
-        mask = arrays["mask"]
+    mask = data.view(shape_id, view, ("mask",))["mask"]
     return prepare_condition_image(data.image(shape_id, view), size=size, mask=mask, crop=crop)
 
 
 class LatentViewDataset(Dataset):
     """Shapes of ``split`` that have latents at ``tokens`` and a grouping with a non-empty view.
 
-    ``self.skipped`` counts what was left out and why. An item is addressed by a pair
+    ``self.skipped`` counts what was left out and why (``self.problems`` names the unreadable
+    files among them). An item is addressed by a pair
     (index, seed) (see ``StepBatches``) and is a dict: ``latents`` (N, C) float32,
     ``visible`` (N,) bool, ``id`` str, ``view`` int, and the condition: ``image`` (3, S, S)
     float32 in [0, 1] (cropped to the object unless ``crop`` is false), or with ``features`` (a
     folder name under DATASET/features) the cached encoder tokens ``features`` (L_c, D) in their
     stored dtype (float16 by default). With ``features``, shapes without a features file and
-    views without stored tokens are skipped.
+    views without stored tokens are skipped. ``unreadable`` (str) names the files of the items
+    this one replaced ("" when none).
     """
 
     def __init__(self, root: str | Path, vae_name: str, tokens: int, split: str | None,
@@ -59,8 +65,11 @@ class LatentViewDataset(Dataset):
         self.posterior, self.features, self.visibility = posterior, features, visibility
         self.crop = crop
         self.folder = latents_dir(root, vae_name, tokens)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: no latents at {tokens} tokens (run 'vilearn encode')")
         self.items: list[tuple[str, np.ndarray]] = []  # (shape id, usable view indices)
         self.skipped: Counter = Counter()
+        self.problems: list[str] = []
         for row in self.data.rows(split):
             if limit is not None and len(self.items) >= limit:
                 break
@@ -72,15 +81,24 @@ class LatentViewDataset(Dataset):
             if not path.is_file():
                 self.skipped["no grouping"] += 1
                 continue
-            with np.load(path) as groups:
-                views = np.flatnonzero(groups["visible_points"] > 0)
+            try:
+                views = np.flatnonzero(read_npz(path, ("visible_points",))["visible_points"] > 0)
+            except CorruptFileError as error:
+                self.skipped["unreadable grouping"] += 1
+                self.problems.append(str(error))
+                continue
             self.skipped["views without visible points"] += int(row.get("views", 0) - len(views))
             if features is not None:
                 cached = features_path(root, features, shape_id)
                 if not cached.is_file():
                     self.skipped["no cached features"] += 1
                     continue
-                kept = np.intersect1d(views, stored_views(cached))
+                try:
+                    kept = np.intersect1d(views, stored_views(cached))
+                except CorruptFileError as error:
+                    self.skipped["unreadable cached features"] += 1
+                    self.problems.append(str(error))
+                    continue
                 self.skipped["views without cached features"] += len(views) - len(kept)
                 views = kept
             if len(views) == 0:
@@ -93,16 +111,18 @@ class LatentViewDataset(Dataset):
         return len(self.items)
 
     def load(self, index: int, view: int, rng: np.random.Generator | None) -> dict:
-        """Item ``index`` seen from ``view``; ``rng`` draws the posterior sample (None: mean)."""
-        from safetensors.numpy import load_file
+        """Item ``index`` seen from ``view``; ``rng`` draws the posterior sample (None: mean).
 
+        Raises:
+            CorruptFileError / FileNotFoundError: naming the file that cannot be read.
+        """
         shape_id, _ = self.items[index]
-        latent = load_file(str(self.folder / f"{shape_id}.safetensors"))
-        z = latent["mean"]
+        latent = read_latents(self.folder / f"{shape_id}.safetensors")
+        z = latent["mean"].numpy()
         if rng is not None and self.posterior == "sample":
-            z = z + np.exp(0.5 * latent["logvar"]) * rng.standard_normal(z.shape, dtype=np.float32)
-        with np.load(groups_path(self.data.root, self.vae_name, self.tokens, shape_id)) as groups:
-            visible = groups["visible"][view]
+            z = z + np.exp(0.5 * latent["logvar"].numpy()) * rng.standard_normal(z.shape, dtype=np.float32)
+        groups = read_npz(groups_path(self.data.root, self.vae_name, self.tokens, shape_id), ("visible",))
+        visible = groups["visible"][view]
         if self.visibility == "random":  # the control: a random token group of the VST's size
             chosen = (rng or np.random.default_rng(0)).permutation(len(visible))[: int(visible.sum())]
             visible = np.zeros_like(visible)
@@ -121,9 +141,18 @@ class LatentViewDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
-        rng = np.random.default_rng(seed)
-        views = self.items[index][1]
-        return self.load(index, int(views[rng.integers(len(views))]), rng)
+        unreadable = []
+        for offset in range(len(self.items)):
+            rng = np.random.default_rng(seed)
+            candidate = (index + offset) % len(self.items)
+            views = self.items[candidate][1]
+            try:
+                item = self.load(candidate, int(views[rng.integers(len(views))]), rng)
+            except (CorruptFileError, FileNotFoundError) as error:
+                unreadable.append(str(error))
+                continue
+            return {**item, "unreadable": "\n".join(unreadable)}
+        raise CorruptFileError(f"no training item can be read ({len(unreadable)} tried): {unreadable[0]}")
 
 
 def batch_condition(batch: dict) -> torch.Tensor:

@@ -27,14 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from vilearn.data.dataset import PreparedDataset
 from vilearn.dit.conditioner import ImageConditioner
 from vilearn.dit.preprocess import prepare_condition_image
-from vilearn.io import read_json, save_safetensors, write_json
+from vilearn.io import CorruptFileError, clean_stale_tmp, read_json, save_safetensors, write_json
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -90,21 +89,29 @@ def view_key(view: int) -> str:
 
 
 def stored_views(path: Path) -> list[int]:
-    """The view indices a features file holds (reads only its header)."""
-    from safetensors import safe_open
+    """The view indices a features file holds (reads only its header); an unreadable file is a
+    ``CorruptFileError`` naming it."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), "pt") as handle:
-        return sorted(int(key.removeprefix("view_")) for key in handle.keys())
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return sorted(int(key.removeprefix("view_")) for key in handle.keys())
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CorruptFileError(f"{path}: unreadable features file ({error})") from error
 
 
 def read_view_features(path: Path, view: int) -> Tensor:
-    """One view's stored tokens (L_c, D), in the stored dtype; a missing view names the file."""
-    from safetensors import safe_open
+    """One view's stored tokens (L_c, D), in the stored dtype; a missing view or an unreadable
+    file (``CorruptFileError``) names the file."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), "pt") as handle:
-        if view_key(view) not in handle.keys():
-            raise KeyError(f"{path}: no features for view {view}")
-        return handle.get_tensor(view_key(view))
+    try:
+        with safe_open(str(path), "pt") as handle:
+            if view_key(view) not in handle.keys():
+                raise KeyError(f"{path}: no features for view {view}")
+            return handle.get_tensor(view_key(view))
+    except (SafetensorError, OSError) as error:
+        raise CorruptFileError(f"{path}: unreadable features file ({error})") from error
 
 
 def is_complete(path: Path, num_views: int) -> bool:
@@ -151,8 +158,7 @@ def prepared_views(data: PreparedDataset, shape_id: str, num_views: int,
     """The usable views (mask not empty) and their prepared images (V, 3, S, S) in [0, 1]."""
     views, images = [], []
     for k in range(num_views):
-        with np.load(data.layout.view(shape_id, k)) as arrays:
-            mask = arrays["mask"]
+        mask = data.view(shape_id, k, ("mask",))["mask"]
         if not mask.any():
             continue
         views.append(k)
@@ -204,6 +210,7 @@ def cache_features(root: str | Path, conditioner: ImageConditioner, batch: int =
                                  f"this run would use {made[key]!r}; move the folder away or match it")
     else:
         write_json(folder / "info.json", made)
+    clean_stale_tmp(folder)
     conditioner.eval()
     summary = FeatureSummary()
     for row in data.rows(split):

@@ -3,7 +3,9 @@
 Cut into named pieces: ``build_model``, ``build_optimizer``, ``check_inputs``,
 ``training_step``, ``save_state`` / ``load_state``, ``train``. A run folder holds::
 
-    RUN/config.yaml            the resolved config
+    RUN/config.yaml            the resolved config (dataset and vae as absolute paths)
+    RUN/vae.json               the VAE's identity (name, hash, path): its latents, and the only
+                               VAE that may decode the run's samples (``vilearn.vae.identity``)
     RUN/git.txt                the git revision the run started from, when known
     RUN/latent_stats/<N>.json  the latent statistics the model was trained with
     RUN/log.jsonl              one JSON row per logged step and per validation
@@ -21,24 +23,30 @@ schedule share the optimizer and EMA (the denoiser's weights do not depend on N)
 starts from released weights (``init.dit``, ``vilearn.train.pretrained``), in full or with LoRA
 (``train.lora``): the optimizer and the EMA then hold the adapters and the few tensors trained
 with them, and the frozen base is read from ``init.dit`` again on resume.
+
+Faults: an unreadable training item is replaced by the next readable one (deterministically) and
+counted in the log; an unexpected exception saves the state after the last completed step
+before it propagates (``TrainingFailed``), as SIGTERM does, so no finished step is lost.
 """
 
 from __future__ import annotations
 
-import signal
+import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 
-from vilearn.config import ConfigError, to_dict
+from vilearn.config import ConfigError, from_dict, to_dict
 from vilearn.dit.build import build_denoiser
 from vilearn.dit.conditioner import build_conditioner
 from vilearn.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    load_latest,
     optimizer_from_tensors,
     optimizer_to_tensors,
     save_checkpoint,
@@ -48,29 +56,48 @@ from vilearn.engine.logging import JSONLLogger
 from vilearn.engine.rng import capture_rng_state, restore_rng_state
 from vilearn.engine.runtime import git_commit, resolve_precision, step_seed
 from vilearn.engine.schedule import lr_factor
+from vilearn.engine.stop import TrainingGuard
 from vilearn.flow.normalize import LatentStats
 from vilearn.flow.objective import flow_matching_loss
-from vilearn.io import write_json, write_text
+from vilearn.io import clean_stale_tmp, read_json, write_json, write_text
 from vilearn.train.config import TrainConfig
 from vilearn.train.data import LatentViewDataset, StepBatches, batch_condition
 from vilearn.train.denoiser import Denoiser
 from vilearn.vae.encode import latents_dir
+from vilearn.vae.identity import LatentsError, VAEIdentity, find_latents, load_identified
 
 BUCKETS = (0.25, 0.5, 0.75)  # loss is also logged by t in [0, .25), [.25, .5), ...
+STATE = ("model", "ema", "optimizer", "rng")  # what a checkpoint must hold to resume
 
 
-def resolved_vae_name(config: TrainConfig) -> str:
-    if config.vae_name:
-        return config.vae_name
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``dataset``, ``vae`` and ``init.dit`` as absolute paths, so the run works from any folder."""
+    def absolute(text: str) -> str:
+        return str(Path(text).resolve()) if text else text
+
+    return dataclasses.replace(config, dataset=absolute(config.dataset), vae=absolute(config.vae),
+                               init=dataclasses.replace(config.init, dit=absolute(config.init.dit)))
+
+
+def vae_identity(config: TrainConfig) -> VAEIdentity:
+    """The identity of the run's VAE (which names its latents folder), checked to have latents
+    in the dataset."""
     if not config.vae:
-        raise ConfigError("vae: the VAE that made the latents is required (or set vae_name)")
-    from vilearn.vae.resolve import vae_name
+        raise ConfigError("vae: the VAE that made the latents is required (vae=PATH)")
+    try:
+        _, identity = load_identified(config.vae, config.vae_name)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"vae: {error}") from error
+    try:
+        find_latents(config.dataset, identity)
+    except (FileNotFoundError, LatentsError) as error:
+        raise ConfigError(f"dataset: {error}") from error
+    return identity
 
-    return vae_name(config.vae)
 
-
-def check_inputs(config: TrainConfig) -> dict[int, LatentStats]:
-    """Fail at start, naming the problem: dataset, latents, stats, channel counts, widths."""
+def check_inputs(config: TrainConfig) -> tuple[dict[int, LatentStats], VAEIdentity]:
+    """Fail at start, naming the problem: dataset, VAE, latents, stats, channel counts, widths.
+    Returns the latent statistics per stage's token count and the VAE's identity."""
     from vilearn.data.dataset import PreparedDataset
 
     if not config.dataset:
@@ -79,7 +106,8 @@ def check_inputs(config: TrainConfig) -> dict[int, LatentStats]:
         PreparedDataset(config.dataset)
     except FileNotFoundError as error:
         raise ConfigError(f"dataset: {error}") from error
-    name, dit = resolved_vae_name(config), config.dit
+    identity, dit = vae_identity(config), config.dit
+    name = identity.key
     stats = {}
     for stage in config.stages:
         path = latents_dir(config.dataset, name, stage.tokens) / "stats.json"
@@ -94,7 +122,7 @@ def check_inputs(config: TrainConfig) -> dict[int, LatentStats]:
             raise ConfigError(
                 f"VAE/DiT channel mismatch: the latents of {name!r} have "
                 f"{stats[stage.tokens].channels} channels but model.in_channels is {dit.in_channels}")
-    return stats
+    return stats, identity
 
 
 def vae_scale_stats(meta: Path, dataset_stats: LatentStats) -> LatentStats:
@@ -149,31 +177,6 @@ def build_optimizer(model: Denoiser, config: TrainConfig) -> torch.optim.AdamW:
         [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
          {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
         lr=o.lr, betas=tuple(o.betas))
-
-
-class StopSignal:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (then it saves)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self) -> StopSignal:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay with their owner
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None:  # a second signal: give up at once
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], stats: LatentStats,
@@ -245,8 +248,8 @@ def save_state(out: Path, step: int, model: Denoiser, optimizer, ema: EMA, confi
     return path
 
 
-def load_state(path: Path, model: Denoiser, optimizer, ema: EMA) -> int:
-    groups, meta = load_checkpoint(path)
+def load_state(groups: dict, meta: dict, model: Denoiser, optimizer, ema: EMA) -> int:
+    """Put a verified checkpoint's state (``load_checkpoint``'s output) into the run."""
     model.load_trainable_state(groups["model"])
     optimizer.load_state_dict(optimizer_from_tensors(groups["optimizer"]))
     ema.load_state_dict(groups["ema"])
@@ -254,24 +257,31 @@ def load_state(path: Path, model: Denoiser, optimizer, ema: EMA) -> int:
     return int(meta["step"])
 
 
-def find_resume(out: Path, resume: str | None) -> Path | None:
-    """``None``: fresh (refuses an existing run); ``latest``: its latest checkpoint if any; a path."""
+def find_resume(out: Path, resume: str | None) -> tuple[Path, dict, dict] | None:
+    """The checkpoint to resume from, loaded and verified: (path, groups, meta), or None.
+
+    ``None``: a fresh run (refuses a folder that holds one); ``latest``: the run's newest intact
+    checkpoint, if any (a damaged newer one is skipped with a warning); a path: that checkpoint
+    (a damaged one is an error naming the file).
+    """
     folder = out / "checkpoints"
     if resume is None:
         if latest_checkpoint(folder) is not None:
             raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or another --out")
         return None
     if resume == "latest":
-        return latest_checkpoint(folder)
+        return load_latest(folder, STATE)
     path = Path(resume)
-    if not (path / "meta.json").is_file():
-        raise ConfigError(f"--resume {resume}: not a checkpoint folder (no meta.json)")
-    return path
+    return (path, *load_checkpoint(path, STATE))
 
 
-def check_resume_config(out: Path, config: TrainConfig) -> None:
-    """A resumed run must keep its config; only the stages' step counts may change."""
+def check_resume_config(out: Path, config: TrainConfig, identity: VAEIdentity) -> None:
+    """A resumed run must keep its config and its VAE; only the stages' step counts may change."""
     stored = yaml.safe_load((out / "config.yaml").read_text())
+    try:  # runs made before paths were stored absolute: theirs, resolved here
+        stored = to_dict(absolute_paths(from_dict(TrainConfig, stored, "config.yaml")))
+    except ConfigError:
+        pass  # compared as stored: the difference is reported below
     current = to_dict(config)
     for key in current:
         a, b = stored.get(key), current[key]
@@ -283,6 +293,11 @@ def check_resume_config(out: Path, config: TrainConfig) -> None:
         if a != b:
             raise ConfigError(f"{key}: differs from {out / 'config.yaml'}; resume with the run's own "
                               "config (only stage step counts and val may change) or choose a new --out")
+    record = out / "vae.json"
+    if record.is_file() and read_json(record).get("hash") != identity.digest:
+        raise ConfigError(f"vae: {config.vae} is not the VAE this run was trained with ({record}: "
+                          f"hash {read_json(record).get('hash', '')[:12]}, now {identity.digest[:12]}); "
+                          "its latents would not match the model's")
 
 
 def _loader(dataset: LatentViewDataset, sampler: StepBatches, workers: int):
@@ -299,15 +314,17 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
 
     ``max_steps``: stop after this global step in this call (the schedule still spans all stages).
     SIGTERM or Ctrl-C saves a checkpoint at the end of the current step, then returns with
-    ``record["interrupted"] = signal number``.
+    ``record["interrupted"] = signal number``. Any other exception saves the state of the last
+    completed step, writes ``RUN/error.txt`` (the traceback) and raises ``TrainingFailed``.
     """
     from accelerate import Accelerator
 
     from vilearn.train.validation import Validator
 
     out = Path(out)
-    stats = check_inputs(config)
-    checkpoint = find_resume(out, resume)
+    config = absolute_paths(config)
+    stats, identity = check_inputs(config)
+    resumed = find_resume(out, resume)
     t = config.train
     accelerator = Accelerator(mixed_precision=resolve_precision(t.precision),
                               gradient_accumulation_steps=t.grad_accum)
@@ -318,9 +335,9 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
     optimizer = build_optimizer(model, config)
     ema = EMA(model, t.ema_decay, keys=model.trainable_state().keys())
     start = 0
-    if checkpoint is not None:
-        check_resume_config(out, config)
-        start = load_state(checkpoint, model, optimizer, ema)
+    if resumed is not None:
+        check_resume_config(out, config, identity)
+        start = load_state(*resumed[1:], model, optimizer, ema)
     elif main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -329,6 +346,9 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
             write_json(out / "latent_stats" / f"{tokens}.json", stat.to_dict())
         if model.init_report is not None:
             write_json(out / "init.json", model.init_report)
+    if main:
+        write_json(out / "vae.json", {**identity.to_dict(), "key": identity.key})
+        clean_stale_tmp(out, out / "latent_stats", out / "val")
     image_size, crop = model.conditioner.image_size, model.conditioner.crop
     if t.compile:
         model = torch.compile(model)
@@ -339,20 +359,27 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start)
-    validator = Validator(config, resolved_vae_name(config), stats, out, features) if main else None
+    validator = Validator(config, identity.key, stats, out, features) if main else None
     stop = min(config.total_steps, max_steps if max_steps is not None else config.total_steps)
     last: dict = {}
     step, stage_index, batches = start, None, None
     model.train()
     tic, tic_step = time.perf_counter(), start
-    with StopSignal() as stop_signal:
+    guard = TrainingGuard(out, logger, main=main, keep=(ConfigError,), start=start, writer=writer,
+                          save=lambda done: save_state(out, done, bare_model(accelerator, model),
+                                                       optimizer, ema, config))
+    with guard:
         while step < stop:
             index, stage, stage_start = config.stage_at(step)
             if index != stage_index:
                 stage_index = index
-                dataset = LatentViewDataset(config.dataset, resolved_vae_name(config), stage.tokens,
-                                            "train", image_size, t.posterior, features=features,
+                dataset = LatentViewDataset(config.dataset, identity.key, stage.tokens, "train",
+                                            image_size, t.posterior, features=features,
                                             visibility=t.visibility, crop=crop)
+                for problem in dataset.problems:
+                    warnings.warn(f"training data: {problem}", stacklevel=2)
+                if len(dataset) == 0:
+                    raise ConfigError(no_items_message(config, stage.tokens, dataset))
                 if on_stage:
                     on_stage(index, dataset)
                 if main:
@@ -361,21 +388,26 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                                 "skipped": dict(dataset.skipped)})
                 world = accelerator.num_processes
                 if stage.batch_size % world:
-                    raise ConfigError(f"stages[{index}].batch_size {stage.batch_size} is not divisible "
-                                      f"by the {world} processes")
+                    raise ConfigError(f"stages[{index}].batch_size {stage.batch_size} is not "
+                                      f"divisible by the {world} processes")
                 sampler = StepBatches(len(dataset), stage.batch_size // world, t.grad_accum, t.seed,
                                       index, step - stage_start, stage.steps,
                                       accelerator.process_index, world)
                 batches = _loader(dataset, sampler, t.workers)
             micro = [next(batches) for _ in range(t.grad_accum)]
+            guard.note_replaced(p for batch in micro for text in batch["unreadable"]
+                                for p in text.split("\n") if p)
             record = training_step(accelerator, model, optimizer, ema, micro, stats[stage.tokens],
                                    config, step)
             step += 1
+            guard.step = step  # the state is now that of ``step`` completed steps
             if main and (step % t.log_every == 0 or step == stop or step == start + 1):
                 seconds = time.perf_counter() - tic
                 rate = (step - tic_step) / max(seconds, 1e-9)
                 record.update(step=step, stage=index, tokens=stage.tokens, steps_per_s=rate,
                               samples_per_s=rate * stage.batch_size * t.grad_accum)
+                if guard.replaced:
+                    record["unreadable_items"] = sum(guard.replaced.values())
                 logger.log(record)
                 for key, value in record.items():
                     if key not in ("step", "stage"):
@@ -384,20 +416,26 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 last["train"] = record
                 if on_log:
                     on_log(record)
-            interrupted = stop_signal.received is not None
-            if step % t.ckpt_every == 0 or step == stop or interrupted:
-                accelerator.wait_for_everyone()
-                if main:
-                    save_state(out, step, bare_model(accelerator, model), optimizer, ema, config)
+            interrupted = guard.save_if_due(step, t.ckpt_every, stop, accelerator.wait_for_everyone)
             if main and validator.due(step):
                 last["val"] = validator.run(step, bare_model(accelerator, model), ema, logger, writer)
                 if on_log:
                     on_log(last["val"])
             if interrupted:
-                last["interrupted"] = stop_signal.received
+                last["interrupted"] = guard.received
                 break
-    if writer is not None:
-        writer.close()
+    if guard.replaced:
+        last["unreadable"] = dict(guard.replaced)
     accelerator.wait_for_everyone()
     return last
 
+
+def no_items_message(config: TrainConfig, tokens: int, dataset: LatentViewDataset) -> str:
+    """Why a stage has nothing to train on, with the counts of what was left out and the fix."""
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(dataset.skipped.items())) or "no shapes"
+    fixes = {"no latents": "vilearn encode", "no grouping": "vilearn group",
+             "no cached features": "vilearn cache-features"}
+    todo = [f"'{fixes[why]} {config.dataset} ...'" for why in dataset.skipped if why in fixes]
+    hint = f" (run {' and '.join(todo)})" if todo else ""
+    return (f"dataset {config.dataset}: no training items at {tokens} tokens in split 'train': "
+            f"{reasons}{hint}")

@@ -23,6 +23,7 @@ as training does; the grid encodes the condition images, as ``vilearn generate``
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 from vilearn.engine.checkpoint import step_name
 from vilearn.flow.normalize import LatentStats
 from vilearn.flow.objective import flow_matching_loss
+from vilearn.io import CorruptFileError
 from vilearn.train.config import TrainConfig
 from vilearn.train.data import LatentViewDataset
 
@@ -72,9 +74,15 @@ class Validator:
             data = LatentViewDataset(self.config.dataset, self.vae_name, tokens, split, image_size,
                                      posterior="mean", limit=self.config.val.shapes,
                                      features=self.features, crop=crop)
-            items = [data.load(i, int(data.items[i][1][0]), None) for i in range(len(data))]
-            for item in items:
-                item.setdefault("image", data.condition_image(item["id"], item["view"]))
+            items = []
+            for i in range(len(data)):
+                try:
+                    item = data.load(i, int(data.items[i][1][0]), None)
+                    item.setdefault("image", data.condition_image(item["id"], item["view"]))
+                except (CorruptFileError, FileNotFoundError) as error:
+                    warnings.warn(f"validation item left out: {error}", stacklevel=2)
+                    continue
+                items.append(item)
             self._sets[tokens] = items
         return self._sets[tokens]
 

@@ -13,6 +13,8 @@ Public API (shapes: B batch, P surface points, N tokens, C = embed_dim, W = widt
   ``vae.geo_decoder.attention_probs(points, tokens) -> (B, M, N)`` (softmax, head mean)
 - ``load_vae(path)`` (ours or Hunyuan3D-2 layouts), ``save_vae(folder, vae)``,
   ``resolve_vae(run | checkpoint | weights)``
+- which VAE made a set of latents: ``vilearn.vae.identity`` (``identify_vae``,
+  ``load_identified``, ``find_latents``; latents live in ``DATASET/latents/<name>-<hash8>/``)
 - ``latents_to_mesh(vae, latents (N, C)) -> (Mesh, VolumeGrid)``; lower level in
   ``vilearn.vae.volume`` (``dense_grid``, ``hierarchical_grid``, fields) and
   ``vilearn.vae.surface`` (``marching_cubes``, ``export_mesh``)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Annotated, Literal
 
-from vilearn.config import ConfigError, from_dict, read_yaml, resolve_config_path
+from vilearn.config import (
+    AtLeastOne,
+    ConfigError,
+    NonNegative,
+    Positive,
+    from_dict,
+    read_yaml,
+    resolve_config_path,
+)
 
 
 @dataclass
@@ -17,31 +25,32 @@ class VAEConfig:
     the decoder alone, which is exactly the parameter set of a Hunyuan3D-2.0 checkpoint.
     """
 
-    embed_dim: int = 64  # C, channels per latent token
-    width: int = 1024
-    heads: int = 16
-    num_decoder_layers: int = 16
-    num_encoder_layers: int = 0
-    num_latents: int = 3072
-    num_freqs: int = 8
+    embed_dim: Annotated[int, AtLeastOne] = 64  # C, channels per latent token
+    width: Annotated[int, AtLeastOne] = 1024
+    heads: Annotated[int, AtLeastOne] = 16
+    num_decoder_layers: Annotated[int, NonNegative] = 16
+    num_encoder_layers: Annotated[int, NonNegative] = 0
+    num_latents: Annotated[int, AtLeastOne] = 3072
+    num_freqs: Annotated[int, NonNegative] = 8
     include_pi: bool = True
     qkv_bias: bool = True
     qk_norm: bool = False
     point_feats: int = 3  # encoder input channels after xyz: 0, 3 (normal) or 4 (normal, sharp flag)
     use_ln_post: bool = True  # encoder's final LayerNorm (hy3dshape 2.1)
-    geo_decoder_mlp_expand_ratio: int = 4
-    geo_decoder_downsample_ratio: int = 1
+    geo_decoder_mlp_expand_ratio: Annotated[int, AtLeastOne] = 4
+    geo_decoder_downsample_ratio: Annotated[int, AtLeastOne] = 1
     geo_decoder_ln_post: bool = True
     label_type: Literal["binary", "tsdf"] = "binary"
-    scale_factor: float = 1.0  # latent scale used by the diffusion model (hy3dgen's convention)
+    # latent scale used by the diffusion model (hy3dgen's convention)
+    scale_factor: Annotated[float, Positive] = 1.0
     with_encoder: bool = True
     # What the encoder reads (hy3dshape's names; no weight depends on them, see
     # ``vilearn.vae.input``): N tokens read N * downsample_ratio surface points, the fraction
     # pc_sharpedge_size / (pc_size + pc_sharpedge_size) of them (and of the tokens) on sharp
     # edges. downsample_ratio 0 (our VAEs): the caller's point count, tokens by FPS over all.
-    pc_size: int = 0
-    pc_sharpedge_size: int = 0
-    downsample_ratio: int = 0
+    pc_size: Annotated[int, NonNegative] = 0
+    pc_sharpedge_size: Annotated[int, NonNegative] = 0
+    downsample_ratio: Annotated[int, NonNegative] = 0
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "width", "heads", "num_latents"):

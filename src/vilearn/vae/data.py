@@ -2,18 +2,20 @@
 
 Sampling is a pure function of (seed, step, position): no iterator state, so a resumed run
 sees exactly the batches an uninterrupted one would. Files are read per sample (the dataset
-streams; nothing is held in memory beyond one batch).
+streams; nothing is held in memory beyond one batch). A shape whose files cannot be read is
+replaced by the next shape of the same epoch's order, and named in ``Batch.unreadable``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vilearn.data.dataset import PreparedDataset, ShapeDataset
+from vilearn.io import CorruptFileError
 from vilearn.vae.fps import fps_indices
 
 
@@ -40,10 +42,11 @@ class Batch:
     labels: torch.Tensor  # (B, Q) float32 in {0, 1}
     anchor_index: torch.Tensor  # (B, N) int64 FPS picks into surface
     ids: list[str]
+    unreadable: list[str] = field(default_factory=list)  # files of the shapes replaced
 
     def to(self, device) -> Batch:
         return Batch(self.surface.to(device), self.queries.to(device), self.labels.to(device),
-                     self.anchor_index.to(device), self.ids)
+                     self.anchor_index.to(device), self.ids, self.unreadable)
 
 
 class ShapeSampler:
@@ -63,19 +66,28 @@ class ShapeSampler:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def locate(self, step: int, batch_size: int, position: int) -> tuple[int, int]:
-        """(epoch, shape index) of global sample step * batch_size + position."""
+    def locate(self, step: int, batch_size: int, position: int, skip: int = 0) -> tuple[int, int]:
+        """(epoch, shape index) of global sample step * batch_size + position; ``skip``: take
+        the shape that many places later in the epoch's order (past unreadable ones)."""
         epoch, offset = divmod(step * batch_size + position, len(self.ids))
-        return epoch, int(np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))[offset])
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
+        return epoch, int(order[(offset + skip) % len(self.ids)])
 
     def batch(self, step: int, batch_size: int, num_tokens: int, rank: int = 0,
               world: int = 1) -> Batch:
         """This process's share (positions rank, rank + world, ...) of global batch ``step``."""
-        items = []
+        items, unreadable = [], []
         for position in range(rank, batch_size, world):
-            epoch, index = self.locate(step, batch_size, position)
-            self.shapes.set_epoch(epoch)
-            items.append(self.shapes[index])
+            for skip in range(len(self.ids)):
+                epoch, index = self.locate(step, batch_size, position, skip)
+                self.shapes.set_epoch(epoch)
+                try:
+                    items.append(self.shapes[index])
+                    break
+                except (CorruptFileError, FileNotFoundError) as error:
+                    unreadable.append(str(error))
+            else:
+                raise CorruptFileError(f"no training shape can be read: {unreadable[0]}")
         surface = torch.stack([i["surface"] for i in items]).float()
         return Batch(
             surface=surface,
@@ -83,6 +95,7 @@ class ShapeSampler:
             labels=torch.stack([i["labels"] for i in items]).float(),
             anchor_index=fps_indices(surface[..., :3], num_tokens),
             ids=[i["id"] for i in items],
+            unreadable=unreadable,
         )
 
 

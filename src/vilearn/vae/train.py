@@ -14,6 +14,10 @@ Cut into named pieces: ``build_optimizer``, ``training_step``, ``save_state`` / 
 Exactness: batches, token counts and posterior noise are pure functions of (seed, step), the
 LR is a pure function of the step, and model, optimizer, EMA and global RNG state are saved,
 so stopping at step N and resuming reproduces the uninterrupted run bit for bit on CPU.
+
+Faults: an unreadable shape is replaced by the next readable one (``ShapeSampler``) and
+counted; SIGTERM / Ctrl-C save at the end of the step; any other exception saves the last
+completed step, writes ``RUN/error.txt`` and raises ``TrainingFailed``.
 """
 
 from __future__ import annotations
@@ -30,15 +34,15 @@ import yaml
 from vilearn.config import ConfigError, from_dict, to_dict
 from vilearn.engine import EMA, JSONLLogger, capture_rng_state, lr_factor, restore_rng_state
 from vilearn.engine.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+    load_latest,
     optimizer_from_tensors,
     optimizer_to_tensors,
     save_checkpoint,
     step_name,
 )
 from vilearn.engine.runtime import git_commit, resolve_precision, step_seed
-from vilearn.io import write_text
+from vilearn.engine.stop import TrainingGuard
+from vilearn.io import clean_stale_tmp, write_text
 from vilearn.vae.data import Batch, ShapeSampler, read_manifest, tsdf_targets
 from vilearn.vae.loading import save_vae
 from vilearn.vae.model import VecSetVAE
@@ -101,19 +105,23 @@ def training_step(accelerator, model, optimizer, ema: EMA, batch: Batch, config:
     return record
 
 
-def save_state(out: Path, step: int, model, optimizer, ema: EMA, config: TrainVAEConfig) -> None:
+def save_state(out: Path, step: int, model, optimizer, ema: EMA, config: TrainVAEConfig) -> Path:
     meta = {"model_config": to_dict(config.model), "git": git_commit()}
-    save_checkpoint(out / "checkpoints", step, {
+    path = save_checkpoint(out / "checkpoints", step, {
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": optimizer_to_tensors(optimizer.state_dict()),
         "rng": capture_rng_state(),
     }, meta=meta, keep=config.train.keep_checkpoints)
     save_vae(out / "vae", model, state_dict=ema.averaged(model))
+    return path
 
 
-def load_state(path: Path, model, optimizer, ema: EMA) -> int:
-    groups, meta = load_checkpoint(path)
+STATE = ("model", "ema", "optimizer", "rng")  # what a checkpoint must hold to resume
+
+
+def load_state(groups: dict, meta: dict, model, optimizer, ema: EMA) -> int:
+    """Put a verified checkpoint's state (``load_checkpoint``'s output) into the run."""
     model.load_state_dict(groups["model"], strict=True)
     optimizer.load_state_dict(optimizer_from_tensors(groups["optimizer"]))
     ema.load_state_dict(groups["ema"])
@@ -140,7 +148,8 @@ def train_vae(dataset: str | Path, config: TrainVAEConfig, out: str | Path,
     """Train (or resume) a VAE run in ``out``; returns the last log and validation records.
 
     ``max_steps``: stop after this global step in this invocation (the schedule still spans
-    ``config.train.steps``), e.g. to split a run across jobs.
+    ``config.train.steps``), e.g. to split a run across jobs. SIGTERM / Ctrl-C save a checkpoint
+    and return with ``record["interrupted"]``; another exception saves and raises ``TrainingFailed``.
     """
     from accelerate import Accelerator
 
@@ -165,13 +174,15 @@ def train_vae(dataset: str | Path, config: TrainVAEConfig, out: str | Path,
     optimizer = build_optimizer(model, config)
     ema = EMA(model, t.ema_decay)
     start = 0
-    checkpoint = latest_checkpoint(out / "checkpoints")
-    if checkpoint is not None:
+    resumed = load_latest(out / "checkpoints", STATE)  # a damaged newest one is skipped, with a warning
+    if resumed is not None:
         check_resume_config(out, config)
-        start = load_state(checkpoint, model, optimizer, ema)
+        start = load_state(*resumed[1:], model, optimizer, ema)
     elif main:
         write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
         write_text(out / "git.txt", (git_commit() or "unknown") + "\n")
+    if main:
+        clean_stale_tmp(out, out / "vae", out / "val")
     model, optimizer = accelerator.prepare(model, optimizer)
     logger = JSONLLogger(out / "log.jsonl")
     writer = None
@@ -185,32 +196,39 @@ def train_vae(dataset: str | Path, config: TrainVAEConfig, out: str | Path,
     last: dict = {}
     model.train()
     tic = time.perf_counter()
-    for step in range(start, stop):
-        batch = sampler.batch(step, t.batch_size, num_tokens_at(config, step),
-                              accelerator.process_index, accelerator.num_processes)
-        record = training_step(accelerator, model, optimizer, ema, batch.to(accelerator.device),
-                               config, step)
-        done = step + 1
-        if main and (done % t.log_every == 0 or done == stop or step == start):
-            record.update(step=done, tokens=batch.anchor_index.shape[1],
-                          seconds=time.perf_counter() - tic)
-            logger.log(record)
-            for key in ("loss", "recon", "kl", "accuracy", "lr", "grad_norm"):
-                writer.add_scalar(f"train/{key}", record[key], done)
-            last["train"] = record
-            if on_log:
-                on_log(record)
-        if done % t.ckpt_every == 0 or done == stop:
-            accelerator.wait_for_everyone()
-            if main:
-                save_state(out, done, accelerator.unwrap_model(model), optimizer, ema, config)
-        if main and val_sampler and (done % t.val_every == 0 or done == t.steps):
-            last["val"] = run_validation(out, done, accelerator.unwrap_model(model), ema,
-                                         val_sampler, config, val_tokens, logger, writer)
-            if on_log:
-                on_log(last["val"])
-    if writer is not None:
-        writer.close()
+    done = start
+    guard = TrainingGuard(out, logger, main=main, start=start, writer=writer, save=lambda step: save_state(
+        out, step, accelerator.unwrap_model(model), optimizer, ema, config))
+    with guard:
+        for step in range(start, stop):
+            batch = sampler.batch(step, t.batch_size, num_tokens_at(config, step),
+                                  accelerator.process_index, accelerator.num_processes)
+            guard.note_replaced(batch.unreadable, "training shape")
+            record = training_step(accelerator, model, optimizer, ema, batch.to(accelerator.device),
+                                   config, step)
+            done = guard.step = step + 1  # the state is now that of ``done`` completed steps
+            if main and (done % t.log_every == 0 or done == stop or step == start):
+                record.update(step=done, tokens=batch.anchor_index.shape[1],
+                              seconds=time.perf_counter() - tic)
+                if guard.replaced:
+                    record["unreadable_items"] = sum(guard.replaced.values())
+                logger.log(record)
+                for key in ("loss", "recon", "kl", "accuracy", "lr", "grad_norm"):
+                    writer.add_scalar(f"train/{key}", record[key], done)
+                last["train"] = record
+                if on_log:
+                    on_log(record)
+            interrupted = guard.save_if_due(done, t.ckpt_every, stop, accelerator.wait_for_everyone)
+            if main and val_sampler and (done % t.val_every == 0 or done == t.steps):
+                last["val"] = run_validation(out, done, accelerator.unwrap_model(model), ema,
+                                             val_sampler, config, val_tokens, logger, writer)
+                if on_log:
+                    on_log(last["val"])
+            if interrupted:
+                last["interrupted"] = guard.received
+                break
+    if guard.replaced:
+        last["unreadable"] = dict(guard.replaced)
     accelerator.wait_for_everyone()
     return last
 

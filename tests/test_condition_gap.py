@@ -45,9 +45,11 @@ def _validator_and_model(encoded, tmp_path, zero_condition: bool):
             model.dit.cond_in.bias.zero_()
     from vilearn.flow.normalize import LatentStats
     from vilearn.vae.encode import latents_dir
+    from vilearn.vae.identity import load_identified
 
-    stats = LatentStats.load(latents_dir(config.dataset, "vae", 32) / "stats.json")
-    validator = Validator(config, "vae", {32: stats}, tmp_path)
+    key = load_identified(encoded / "vae")[1].key  # the latents folder: vae-<hash8>
+    stats = LatentStats.load(latents_dir(config.dataset, key, 32) / "stats.json")
+    validator = Validator(config, key, {32: stats}, tmp_path)
     items = validator.held_out(32, model.conditioner.image_size, model.conditioner.crop, split=None)
     return validator, model, items, stats
 

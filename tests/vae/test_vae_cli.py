@@ -56,7 +56,7 @@ def test_encode_writes_latents_stats_and_resumes(setup):
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     # Different encoder input for the same latents folder is refused.
     again = runner.invoke(app, ["encode", str(dataset), "--vae", str(vae), "--tokens", "64"])
-    assert again.exit_code != 0 and "512 surface points" in again.output
+    assert again.exit_code != 0 and "surface_points: 512 here, 8192 now" in again.output
 
 
 def test_decode_writes_a_mesh(setup, tmp_path):

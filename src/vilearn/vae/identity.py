@@ -148,11 +148,11 @@ def legacy_folders(dataset: str | Path) -> list[Path]:
 def claim_latents(dataset: str | Path, identity: VAEIdentity, vae_config: dict,
                   encoder_input: dict) -> Path:
     """The writer's side (``encode``): the folder of ``identity``'s latents, made on first use
-    with its ``vae.json``; an existing one must belong to this VAE and record the same
+    with its ``vae.json``; one that holds latents must belong to this VAE and record the same
     ``encoder_input`` (``surface_points`` and ``input``: what the encoder read)."""
     folder = latents_root(dataset, identity)
     owner = _owner(folder)
-    if owner is not None:
+    if owner is not None and any(folder.glob("*/*.safetensors")):  # else nothing to keep apart
         if "hash" not in owner:
             raise LatentsError(f"{folder}: written by an older vilearn without the VAE's identity; "
                                f"remove it and encode again")

@@ -1,11 +1,13 @@
 """Held-out figures of a VAE on a prepared dataset's whole val split, and its token locality.
 
-    PYTHONPATH=src python benchmarks/vae_heldout.py VAE DATASET [--shapes K] [--no-recon] [--json OUT]
+    PYTHONPATH=src python benchmarks/vae_heldout.py VAE DATASET [--shapes K] [--tokens 256,64]
+        [--no-recon] [--json OUT]
 
 Reconstruction: ``vilearn.vae.validate.validate`` (what ``train-vae`` logs) over every val
 shape (or the first K): occupancy IoU on the stored uniform and near-surface points, separately,
-and Chamfer-L1 / F-score@0.02 of a 64^3 hierarchical extraction; 256 tokens, a posterior sample
-with seed = shape index, encoder input as in training (2048 surface points).
+and Chamfer-L1 / F-score@0.02 of a 64^3 hierarchical extraction; at each of ``--tokens`` (256 by
+default), a posterior sample with seed = shape index, encoder input as in training (2048
+surface points).
 
 Locality (first 10 val shapes, 1000 stored surface points each, 256 and 64 tokens, posterior
 mean as ``vilearn encode`` stores it): for each point, the distance to the FPS anchor of its
@@ -62,18 +64,20 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, default=0, help="0: every val shape")
     parser.add_argument("--locality-shapes", type=int, default=10, help="0: no locality")
     parser.add_argument("--no-recon", action="store_true", help="locality only")
+    parser.add_argument("--tokens", default="256", help="token counts of the reconstruction, comma-separated")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     torch.manual_seed(0)
     vae = resolve_vae(args.vae).eval()
     sampler = ShapeSampler(args.dataset, "val", 2048, 2048, 0.5, 0)
     shapes = args.shapes or len(sampler)
-    recon = None
-    if not args.no_recon:
+    recon = []
+    for tokens in ([] if args.no_recon else [int(t) for t in args.tokens.split(",")]):
         tic = time.perf_counter()
-        recon = validate(vae, sampler, shapes, 256, 64, 0.02, 10000)
-        recon["seconds"] = time.perf_counter() - tic
-        print("reconstruction:", json.dumps(recon))
+        row = {"tokens": tokens, **validate(vae, sampler, shapes, tokens, 64, 0.02, 10000)}
+        row["seconds"] = time.perf_counter() - tic
+        print("reconstruction:", json.dumps(row))
+        recon.append(row)
     ids = PreparedDataset(args.dataset).ids("val")[:args.locality_shapes]
     local = [locality(vae, args.dataset, ids, n) for n in (256, 64)] if ids else []
     for row in local:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -40,7 +39,7 @@ def dataset(tmp_path_factory):
 
 @pytest.mark.slow
 def test_overfit_four_shapes_loss_down_iou_up(dataset, tmp_path):
-    """~20 s on one CPU thread: the loss falls, IoU and surface metrics on the shapes improve."""
+    """The loss falls, IoU and surface metrics on the shapes improve (about 20 s on one thread)."""
     torch.set_num_threads(1)
     cfg = config(steps=300, batch_size=4, ema_decay=0.95)
     sampler = ShapeSampler(dataset, "train", 2048, 512, 0.5, seed=0)
@@ -49,9 +48,7 @@ def test_overfit_four_shapes_loss_down_iou_up(dataset, tmp_path):
     from vilearn.vae.model import VecSetVAE
 
     before = validate(VecSetVAE(cfg.model), sampler, 4, 32, 16, 0.05, 500)
-    tic = time.perf_counter()
     train_vae(dataset, cfg, tmp_path / "run")
-    assert time.perf_counter() - tic < 60
     from vilearn.vae.resolve import resolve_vae
 
     after = validate(resolve_vae(tmp_path / "run"), sampler, 4, 32, 16, 0.05, 500)

@@ -56,7 +56,10 @@ def make_step(size: str, vape: str):
     generator = torch.Generator().manual_seed(1)
     visible = torch.rand(batch, tokens, generator=generator) < 0.4
     data = [{"latents": torch.randn(batch, tokens, channels, generator=generator),
-             "image": torch.rand(batch, 3, side, side, generator=generator), "visible": visible}]
+             "image": torch.rand(batch, 3, side, side, generator=generator), "visible": visible,
+             "t": torch.rand(batch, generator=generator),  # the per-sample draws of the loader
+             "noise": torch.randn(batch, tokens, channels, generator=generator),
+             "drop": torch.rand(batch, generator=generator) < config.conditioner.drop_prob}]
     stats = LatentStats.identity(channels)
     counter = iter(range(10**9))
 

@@ -155,3 +155,76 @@ def test_shape_dataset_items_come_from_the_stored_files(tiny_dataset):
     normals = item["surface"][:, 3:].numpy()
     assert np.allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-4)
     assert set(dataset.ids).isdisjoint(PreparedDataset(tiny_dataset).ids("val"))
+
+
+def test_shards_split_the_work_and_merge_into_the_unsharded_manifest(tmp_path):
+    runner = CliRunner()
+    base = ["prepare", "pybullet:random_urdfs", "-k", "5", "--workers", "1", *TINY]
+    assert runner.invoke(app, [*base[:2], str(tmp_path / "whole"), *base[2:]]).exit_code == 0
+    sharded = tmp_path / "sharded"
+    first = runner.invoke(app, [*base[:2], str(sharded), *base[2:], "--shard", "0/2"])
+    assert first.exit_code == 0, first.output
+    early = runner.invoke(app, ["merge-shards", str(sharded)])
+    assert early.exit_code == 2 and "1 of 2 shards have no part yet (shards 1)" in early.output
+    assert runner.invoke(app, [*base[:2], str(sharded), *base[2:], "--shard", "1/2"]).exit_code == 0
+    merged = runner.invoke(app, ["merge-shards", str(sharded)])
+    assert merged.exit_code == 0 and "5 shapes from 2 shards" in merged.output
+    parts = [[r["id"] for r in read_manifest(sharded / "manifest.d" / f"shard-{k}-of-2.jsonl")]
+             for k in (0, 1)]
+    assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
+    whole = list(read_manifest(tmp_path / "whole" / "manifest.jsonl"))
+    assert list(read_manifest(sharded / "manifest.jsonl")) == whole
+    assert sorted(p.name for p in (sharded / "shapes").iterdir()) == sorted(parts[0] + parts[1])
+    bad = runner.invoke(app, [*base[:2], str(sharded), *base[2:], "--shard", "2/2"])
+    assert bad.exit_code == 2 and "need 0 <= K < N" in bad.output
+
+
+STALLED_AND_CRASHING = """
+import os, sys, time
+from vilearn.config import load_config
+from vilearn.data import prepare
+
+process_shape = prepare.process_shape
+
+
+def stalling_or_crashing(source, layout, config):  # runs in the worker (forked: patched there too)
+    if source.id == "stall":  # a pathological mesh, a stalled file system: it never returns
+        time.sleep(3600)
+    if source.id == "crash":  # a crash in native code
+        os._exit(3)
+    return process_shape(source, layout, config)
+
+
+prepare.process_shape = stalling_or_crashing
+config = load_config(prepare.PrepareConfig, "prepare-tiny", [f"time_limit_s={sys.argv[3]}"])
+summary = prepare.prepare_dataset(sys.argv[1], sys.argv[2], config, workers=2)
+print(summary.ok, summary.failed, summary.skipped)
+"""
+
+
+def test_a_stalled_or_crashed_shape_is_recorded_and_the_run_goes_on(tmp_path):
+    meshes, out = tmp_path / "meshes", tmp_path / "out"
+    meshes.mkdir()
+    for name in ("good", "stall", "crash"):
+        trimesh.creation.box().export(meshes / f"{name}.obj")
+    script = tmp_path / "run.py"
+    script.write_text(STALLED_AND_CRASHING)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(script), str(meshes), str(out), "3"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "2", "0"] and time.perf_counter() - start < 60
+    rows = {row["id"]: row for row in read_manifest(out / "manifest.jsonl")}
+    assert rows["good"]["status"] == "ok"
+    assert rows["stall"]["reason"].startswith("time limit: the shape took more than 3 s")
+    assert rows["crash"]["reason"].startswith("worker died") and "exit code 3" in rows["crash"]["reason"]
+    assert sorted(p.name for p in (out / "shapes" / "stall").iterdir()) == ["record.json"]
+    # a rerun keeps the records (same limit: nothing is waited for again) ...
+    again = subprocess.run([sys.executable, str(script), str(meshes), str(out), "3"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.stdout.split() == ["1", "2", "3"], again.stderr
+    # ... and a longer limit retries the shapes that a shorter one stopped
+    from vilearn.data.prepare import _retry
+
+    assert _retry(rows["stall"], 10.0) and _retry(rows["stall"], 0.0) and not _retry(rows["stall"], 3.0)
+    assert not any(_retry(rows[i], 10.0) for i in ("crash", "good"))

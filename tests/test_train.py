@@ -126,6 +126,44 @@ def test_sigterm_leaves_a_valid_checkpoint(encoded, tmp_path):
     assert meta["step"] == max(s for s, _ in train_losses(run))
 
 
+READ_BACKS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(encoded, tmp_path, monkeypatch):
+    """Between logged steps the host never waits for the device: no value leaves a tensor
+    inside ``training_step`` (on a GPU each read-back is a synchronisation). torch's optimizers
+    read their step counters, which they keep on the host on every device: those are allowed."""
+    from vilearn.train import trainer
+
+    optim = str(Path(torch.optim.__file__).parent)
+    inside, reads = [False], []
+    for name in READ_BACKS:
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if inside[0] and not caller.startswith(optim):
+                reads.append(f"{_name} in {caller}:{sys._getframe(1).f_lineno}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+    step = trainer.training_step
+
+    def watched(*args, **kwargs):
+        inside[0] = True
+        try:
+            return step(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(trainer, "training_step", watched)
+    config = make_config(encoded, stages=[{"tokens": 32, "steps": 3, "batch_size": 2}],
+                         train={"log_every": 3, "ckpt_every": 3}, val={"every": 0})
+    train(config, tmp_path / "run")
+    assert [s for s, _ in train_losses(tmp_path / "run")] == [1, 3]  # logged: first and last
+    assert reads == []
+
+
 def test_errors_at_start_name_the_problem(encoded, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: x\nmodel: {preset: tiny}\noptim: {learning_rate: 0.1}\n")

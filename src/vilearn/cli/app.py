@@ -33,3 +33,21 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the Exit to raise (``raise fail("...")``)."""
     console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
+
+
+def shard_option():
+    """The ``--shard K/N`` option of the commands a cluster job array splits."""
+    return typer.Option(None, "--shard", help="Only the shapes of shard K of N (K/N, K from 0): one "
+                        "task of a job array; every shard's shapes are disjoint and stable.")
+
+
+def parse_shard(text: str | None):
+    """``--shard K/N`` -> ``vilearn.data.shards.Shard`` (None without it); a bad value fails."""
+    if text is None:
+        return None
+    from vilearn.data.shards import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as error:
+        raise fail(str(error)) from error

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vilearn.cli.app import app, console, fail
+from vilearn.cli.app import app, console, fail, parse_shard, shard_option
 
 
 @app.command()
@@ -23,15 +23,25 @@ def prepare(
     limit: int = typer.Option(None, "--limit", "-k", min=1, help="Only the first K assets (sorted by path)."),
     config: str = typer.Option(None, "--config", "-c", help="PrepareConfig YAML file or packaged name."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any shape failed."),
+    time_limit: float = typer.Option(None, "--time-limit", min=0.0,
+                                     help="Seconds one shape may take before it is stopped and recorded "
+                                          "as failed (0: none) [config's time_limit_s: 600]."),
+    shard: str = shard_option(),
 ) -> None:
-    """Meshes -> normalised shapes (surface, occupancy) and rendered views (image, depth, visible points)."""
+    """Meshes -> normalised shapes (surface, occupancy) and rendered views (image, depth, visible points).
+
+    With --shard K/N only shard K's shapes are done and their rows go to
+    OUT/manifest.d/shard-K-of-N.jsonl; 'vilearn merge-shards OUT' then builds the manifest."""
     import os
 
     from vilearn.cli.progress import print_failures, progress_bar, rate_text
     from vilearn.config import ConfigError, load_config
     from vilearn.data.prepare import PrepareConfig, prepare_dataset
 
+    part = parse_shard(shard)
     overrides = [*(overrides or []), *([f"views.count={views}"] if views is not None else [])]
+    if time_limit is not None:
+        overrides.append(f"time_limit_s={time_limit}")
     try:
         cfg = load_config(PrepareConfig, config, overrides)
     except ConfigError as error:
@@ -50,20 +60,38 @@ def prepare(
             )
 
         try:
-            summary = prepare_dataset(source, out, cfg, workers=workers, limit=limit, progress=update)
+            summary = prepare_dataset(source, out, cfg, workers=workers, limit=limit, progress=update,
+                                      shard=part)
         except (ConfigError, FileNotFoundError) as error:
             raise fail(str(error)) from error
     console.print(
         f"[green]{summary.ok} ok[/], [red]{summary.failed} failed[/] of {summary.total} "
         f"({summary.skipped} already done) in {summary.seconds:.1f} s -> {out}"
+        + (f" (shard {part}; merge with 'vilearn merge-shards {out}')" if part else "")
     )
     for reason, count in sorted(summary.reasons.items(), key=lambda item: -item[1]):
         console.print(f"  failed: {count} x {reason}")
-    print_failures(summary.failures, where=str(out / "manifest.jsonl"))
+    manifest = out / "manifest.jsonl" if part is None else out / "manifest.d" / f"{part.name}.jsonl"
+    print_failures(summary.failures, where=str(manifest))
     if summary.ok == 0:
         raise typer.Exit(1)
     if strict and summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("merge-shards")
+def merge_shards(
+    dataset: Path = typer.Argument(..., help="A dataset prepared as N shards (prepare --shard K/N)."),
+) -> None:
+    """Build DATASET/manifest.jsonl from the N shards' parts (DATASET/manifest.d/); refuses while a
+    shard's part is missing. Run it again whenever shards are redone."""
+    from vilearn.data.shards import merge_manifests
+
+    try:
+        count, rows = merge_manifests(dataset)
+    except ValueError as error:
+        raise fail(str(error)) from error
+    console.print(f"{rows} shapes from {count} shards -> {dataset / 'manifest.jsonl'}")
 
 
 @app.command()

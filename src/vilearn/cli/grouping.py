@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vilearn.cli.app import app, console, fail
+from vilearn.cli.app import app, console, fail, parse_shard, shard_option
 
 
 @app.command("group")
@@ -24,9 +24,13 @@ def group_command(
     report_views: int = typer.Option(2, "--report-views", min=1, help="Views per shape in the report."),
     report_resolution: int = typer.Option(64, "--report-resolution", min=8,
                                           help="Decoding grid of the report."),
+    shard: str = shard_option(),
 ) -> None:
     """Visibility Grouping: the VST of every view and token count, stored next to the latents;
-    resumable. Writes groups/<id>.npz, groups/stats.json and groups/stats.png per token count."""
+    resumable. Writes groups/<id>.npz, groups/stats.json and groups/stats.png per token count.
+
+    With --shard K/N only shard K's shapes are grouped and the statistics are left out: run once
+    more without --shard after every shard finished (it skips what is done)."""
 
     from vilearn.cli.progress import ShapeTicker, print_failures, progress_bar
     from vilearn.cli.vae import _parse_tokens
@@ -36,8 +40,11 @@ def group_command(
     from vilearn.grouping.store import groups_dir
     from vilearn.vae.identity import find_latents, load_identified
 
+    part = parse_shard(shard)
+    if part is not None and report:
+        raise fail("--report reads every shape: run it without --shard once every shard has finished")
     try:
-        ids = PreparedDataset(dataset).ids()
+        ids = [i for i in PreparedDataset(dataset).ids() if part is None or part.owns(i)]
         model, identity = load_identified(vae, name, device)
         find_latents(dataset, identity)
         label = identity.key
@@ -49,12 +56,12 @@ def group_command(
                                              rate=""), fresh="grouped")
         try:
             budget = max_mb * 2**20 if max_mb else None
-            summary = group_dataset(dataset, model, identity, counts, max_bytes=budget,
+            summary = group_dataset(dataset, model, identity, counts, max_bytes=budget, shard=part,
                                     on_shape=lambda shape_id, n, outcome: tick(outcome))
         except (FileNotFoundError, ValueError) as error:
             raise fail(str(error)) from error
     print_failures(summary.failed)
-    for n in counts:
+    for n in counts if part is None else []:
         try:
             stats = write_stats(groups_dir(dataset, label, n), ids)
         except ValueError as error:
@@ -67,7 +74,8 @@ def group_command(
                       f"p95 {frac['p95']:.3f}; points per VST token median "
                       f"{stats['points_per_vst_token']['p50']:.0f} -> {groups_dir(dataset, label, n)}")
     console.print(f"{summary.grouped} grouped, {summary.skipped} already done, "
-                  f"{len(summary.failed)} failed")
+                  f"{len(summary.failed)} failed"
+                  + (f" (shard {part}; statistics: run again without --shard at the end)" if part else ""))
     if report:
         _report(dataset, model, label, counts, report_shapes, report_views, report_resolution)
     if summary.failed:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vilearn.cli.app import app, console, fail
+from vilearn.cli.app import app, console, fail, parse_shard, shard_option
 
 
 @app.command("train-vae")
@@ -84,13 +84,17 @@ def encode_command(
                              help="Readable part of the latents folder <name>-<hash8> (default: "
                                   "the VAE's run or file name)."),
     device: str = typer.Option("cpu", "--device"),
+    shard: str = shard_option(),
 ) -> None:
     """Encode every shape into latents (mean, logvar, FPS anchors) per token count, filed under
     the VAE's identity (DATASET/latents/<name>-<hash8>/); resumable. Exit status 1 when a shape
     failed (each is listed with its file and reason).
 
     The encoder's input is the one the VAE's config expects (points per token, uniform and
-    sharp-edge samples, the sharp flag); a dataset that cannot provide it is refused."""
+    sharp-edge samples, the sharp flag); a dataset that cannot provide it is refused.
+
+    With --shard K/N only shard K's shapes are encoded and the statistics (stats.json) are left
+    out: run once more without --shard after every shard finished (it skips what is done)."""
 
     from vilearn.cli.progress import ShapeTicker, print_failures, progress_bar
     from vilearn.vae.data import read_manifest
@@ -98,8 +102,9 @@ def encode_command(
     from vilearn.vae.identity import latents_root, load_identified
 
     counts = _parse_tokens(tokens)
+    part = parse_shard(shard)
     try:
-        rows = read_manifest(dataset)
+        rows = [row for row in read_manifest(dataset) if part is None or part.owns(row["id"])]
         model, identity = load_identified(vae, name, device)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise fail(str(error)) from error
@@ -109,7 +114,7 @@ def encode_command(
         tick = ShapeTicker(bar, bar.add_task(f"encode ({identity.key})", total=len(rows), failed=0,
                                              rate=""), fresh="encoded")
         try:
-            summary = encode_dataset(dataset, model, identity, counts, surface_points,
+            summary = encode_dataset(dataset, model, identity, counts, surface_points, shard=part,
                                      on_shape=lambda shape_id, outcome: tick(outcome),
                                      points_per_token=points_per_token, sharp_fraction=sharp_fraction)
         except ValueError as error:
@@ -117,6 +122,9 @@ def encode_command(
     for path in summary.redone:
         console.print(f"  re-encoded unreadable {path}")
     print_failures(summary.failed)
+    if part is not None:
+        console.print(f"shard {part}: statistics left out; run again without --shard once every "
+                      "shard has finished")
     for n, s in summary.stats.items():
         console.print(f"N={n}: {s['shapes']} shapes, global std {s['global_std']:.4f} -> "
                       f"{latents_dir(dataset, identity, n)}")

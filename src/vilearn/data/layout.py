@@ -7,6 +7,8 @@ DATASET/
   manifest.jsonl                one row per shape, sorted by id (see ``ShapeRecord``)
   CREDITS                       attributions the prepared models' licences require (sources that
                                 know them, e.g. ``sweethome3d:``)
+  manifest.d/shard-K-of-N.jsonl the rows of shard K when prepared as N shards
+                                (``vilearn.data.shards``; merged into manifest.jsonl)
   shapes/<id>/record.json       the shape's manifest row; written last, it marks the shape done
   shapes/<id>/mesh.npz          the normalised mesh: vertices (V, 3) float32, faces (F, 3) int32,
                                 face_colors (F, 3) uint8 (the watertight offset surface when the
@@ -49,6 +51,10 @@ class DatasetLayout:
     @property
     def credits(self) -> Path:
         return self.root / "CREDITS"
+
+    @property
+    def manifest_parts(self) -> Path:
+        return self.root / "manifest.d"
 
     def shape_dir(self, shape_id: str) -> Path:
         return self.root / "shapes" / shape_id

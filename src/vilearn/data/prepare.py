@@ -5,17 +5,23 @@ points by winding number, render its views. Jobs run in parallel worker processe
 writes its files atomically and its ``record.json`` last, so a shape is either done or
 redone from scratch. Every random choice comes from a generator seeded by (seed, shape id),
 so the result does not depend on the number of workers, the order, or interruptions.
+
+A job that runs past ``time_limit_s`` (a pathological mesh, a stalled file system) is stopped
+with its worker process, recorded as failed ("time limit: ...") and the run goes on; so is a
+worker that dies (a crash in native code). With ``shard`` (``vilearn.data.shards``) a run does
+only its shard's shapes and writes its rows to its own manifest part.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import math
 import multiprocessing
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +45,7 @@ from vilearn.data.mesh import (
 )
 from vilearn.data.render import Raycaster
 from vilearn.data.sampling import occupancy_samples, sample_sharp_edges, sample_surface
+from vilearn.data.shards import Shard, manifest_part
 from vilearn.data.watertight import WatertightConfig, watertight_mesh
 from vilearn.io import clean_stale_tmp, read_json, write_json, write_npz, write_png, write_text
 
@@ -89,6 +96,9 @@ class PrepareConfig:
     seed: Annotated[int, NonNegative] = 0
     views: ViewConfig = field(default_factory=ViewConfig)
     watertight: WatertightConfig = field(default_factory=WatertightConfig)
+    # Seconds one shape may take before its job is stopped and recorded as failed (0: no limit).
+    # Not part of the dataset's identity (dataset.json): it changes no file a shape writes.
+    time_limit_s: float = 600.0
 
     def __post_init__(self):
         if min(self.surface_points, self.uniform_points, self.near_points) < 1:
@@ -100,6 +110,8 @@ class PrepareConfig:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.time_limit_s < 0:
+            raise ValueError(f"time_limit_s must be >= 0 (0: no limit), got {self.time_limit_s}")
 
 
 AMBIGUITY_POINTS = 2000  # near-surface points whose winding numbers judge whether a mesh is closed
@@ -327,6 +339,27 @@ def _job(args: tuple[Source, str, dict]) -> JobResult:
     return process_shape(source, DatasetLayout(root), config)
 
 
+def _stopped(args: tuple[Source, str, dict], reason: str, timed_out: bool) -> JobResult:
+    """The failure record of a job whose worker was stopped (``timed_out``: with the limit it
+    ran under, see ``_retry``) or died; the files it left are removed."""
+    source, root, config_dict = args
+    from vilearn.config import from_dict
+
+    config, layout = from_dict(PrepareConfig, config_dict), DatasetLayout(root)
+    shutil.rmtree(layout.shape_dir(source.id), ignore_errors=True)
+    record = {**_base_record(source, config), "status": "failed", "reason": reason}
+    if timed_out:
+        record["time_limit_s"] = config.time_limit_s
+    return _finish(layout, source, record, {})
+
+
+def _retry(record: dict, time_limit_s: float) -> bool:
+    """A shape stopped at an earlier, shorter time limit is tried again under a longer one."""
+    if record.get("status") != "failed" or "time_limit_s" not in record:
+        return False
+    return time_limit_s == 0 or time_limit_s > record["time_limit_s"]
+
+
 def read_manifest(path: str | Path) -> Iterator[dict]:
     """Stream the rows of a manifest.jsonl (a torn last line from a crash is skipped)."""
     path = Path(path)
@@ -348,17 +381,22 @@ def write_manifest(path: Path, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in ordered))
 
 
+RUN_SETTINGS = ("time_limit_s",)  # PrepareConfig keys that are not the dataset's identity
+
+
 def _check_dataset_config(layout: DatasetLayout, config: PrepareConfig) -> bool:
     """Record the settings in dataset.json; a dataset with prepared shapes must keep its own.
     Returns True when the folder starts afresh (new, or no shape was prepared yet)."""
-    wanted = {"format_version": FORMAT_VERSION, "prepare": to_dict(config)}
+    settings = {k: v for k, v in to_dict(config).items() if k not in RUN_SETTINGS}
+    wanted = {"format_version": FORMAT_VERSION, "prepare": settings}
     if layout.config.is_file():
         try:
             existing = read_json(layout.config)
         except (OSError, json.JSONDecodeError):
             existing = {}  # torn by a crash before any shape: judged below like other settings
         try:  # settings added since the dataset was made take their defaults
-            existing["prepare"] = to_dict(from_dict(PrepareConfig, existing.get("prepare")))
+            defaulted = to_dict(from_dict(PrepareConfig, existing.get("prepare")))
+            existing["prepare"] = {k: v for k, v in defaulted.items() if k not in RUN_SETTINGS}
         except ConfigError:
             pass
         if existing == wanted:
@@ -395,13 +433,17 @@ def prepare_dataset(
     limit: int | None = None,
     progress: Callable[[JobResult, PrepareSummary], None] | None = None,
     manifest_every_s: float = 300.0,
+    shard: Shard | None = None,
 ) -> PrepareSummary:
-    """Prepare every asset of ``source`` into ``out``; resumable, never duplicating a shape.
+    """Prepare every asset of ``source`` (of ``shard``) into ``out``; resumable, never
+    duplicating a shape.
 
     Shapes whose ``record.json`` exists are kept as they are (failed ones too: failures are
-    deterministic); anything else is (re)done. The manifest is rewritten, atomically, every
-    ``manifest_every_s`` seconds and at the end. Nothing is written before ``source`` is found
-    to hold meshes; a folder without any prepared shape takes new settings.
+    deterministic), except those stopped by a shorter time limit than ``config``'s; anything
+    else is (re)done. The manifest (with ``shard``: that shard's part) is rewritten, atomically,
+    every ``manifest_every_s`` seconds and at the end. ``limit`` takes the first assets of the
+    whole source, before sharding, so every shard agrees on the set. Nothing is written before
+    ``source`` is found to hold meshes; a folder without any prepared shape takes new settings.
 
     Raises:
         FileNotFoundError: ``source`` is not a folder, or holds no mesh file.
@@ -412,16 +454,19 @@ def prepare_dataset(
         raise FileNotFoundError(f"source {str(source)!r}: no mesh files ({' '.join(MESH_SUFFIXES)}) in it")
     if limit is not None:
         sources = sources[:limit]
+    if shard is not None:
+        sources = [src for src in sources if shard.owns(src.id)]
     layout = DatasetLayout(out)
     layout.root.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(layout.root)
     fresh = _check_dataset_config(layout, config)
-    rows = {} if fresh else {row["id"]: row for row in read_manifest(layout.manifest)}
+    manifest = layout.manifest if shard is None else manifest_part(layout, shard)
+    rows = {} if fresh else {row["id"]: row for row in read_manifest(manifest)}
     summary = PrepareSummary(total=len(sources))
     todo = []
     for src in sources:
         done = _load_done(layout, src)
-        if done is None:
+        if done is None or _retry(done, config.time_limit_s):
             todo.append(src)
             continue
         rows[src.id] = done
@@ -432,20 +477,21 @@ def prepare_dataset(
     config_dict = to_dict(config)
     jobs = [(src, str(layout.root), config_dict) for src in todo]
     try:
-        for result in _map(jobs, workers):
+        for result in _map(jobs, workers, config.time_limit_s):
             rows[result.record["id"]] = result.record
             _count(summary, result, progress)
             if time.perf_counter() - last_flush > manifest_every_s:
-                write_manifest(layout.manifest, rows.values())
+                write_manifest(manifest, rows.values())
                 last_flush = time.perf_counter()
     finally:
-        write_manifest(layout.manifest, rows.values())
-        _write_credits(layout, rows.values())
+        write_manifest(manifest, rows.values())
+        if shard is None:  # a shard sees only its rows: merge_manifests writes the credits
+            write_credits(layout, rows.values())
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _write_credits(layout: DatasetLayout, rows: Iterable[dict]) -> None:
+def write_credits(layout: DatasetLayout, rows: Iterable[dict]) -> None:
     """``CREDITS``: the attributions the dataset's prepared models require (sources with ``meta``)."""
     from vilearn.data.sweethome3d import credits_text
 
@@ -475,15 +521,38 @@ def _count(summary: PrepareSummary, result: JobResult, progress) -> None:
         progress(result, summary)
 
 
-def _map(jobs: list, workers: int) -> Iterator[JobResult]:
-    if workers <= 1 or len(jobs) <= 1:
+def _map(jobs: list, workers: int, time_limit_s: float = 0.0) -> Iterator[JobResult]:
+    """Each job's result, as they finish. In this process when there is one worker and no time
+    limit; else in worker processes (``pebble``), each job stopped with its worker after
+    ``time_limit_s`` seconds, a dead worker replaced; both become failure records."""
+    if time_limit_s <= 0 and (workers <= 1 or len(jobs) <= 1):
         for job in jobs:
             yield _job(job)
         return
+    from pebble import ProcessExpired, ProcessPool
+
     context = multiprocessing.get_context("spawn" if _threads_started() else "fork")
-    with context.Pool(workers, maxtasksperchild=200) as pool:
-        chunk = max(1, min(8, math.ceil(len(jobs) / (workers * 16))))
-        yield from pool.imap_unordered(_job, jobs, chunksize=chunk)
+    pool = ProcessPool(max_workers=max(1, min(workers, len(jobs))), max_tasks=200, context=context)
+    queue, pending = iter(jobs), {}
+    try:
+        while True:
+            for job in itertools.islice(queue, 4 * max(1, workers) - len(pending)):
+                pending[pool.schedule(_job, (job,), timeout=time_limit_s or None)] = job
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                try:
+                    yield future.result()
+                except TimeoutError:
+                    yield _stopped(job, f"time limit: the shape took more than {time_limit_s:g} s "
+                                        "(prepare's time_limit_s); its job was stopped", True)
+                except ProcessExpired as error:
+                    yield _stopped(job, f"worker died: {error} (exit code {error.exitcode})", False)
+    finally:
+        pool.stop()
+        pool.join()
 
 
 def _threads_started() -> bool:

@@ -287,11 +287,14 @@ class DinoV2Encoder(nn.Module):
         return self.model(pixel_values=pixels).last_hidden_state
 
 
-def drop_condition(tokens: Tensor, null: Tensor, prob: float, generator=None) -> Tensor:
-    """Replace each sample's tokens (B, L, D) by ``null`` (L, D) with probability ``prob``."""
+def drop_condition(tokens: Tensor, null: Tensor, prob: float, generator=None,
+                   drop: Tensor | None = None) -> Tensor:
+    """Replace each sample's tokens (B, L, D) by ``null`` (L, D) with probability ``prob``, or
+    where ``drop`` (B,) bool says, when the caller drew it."""
     if prob <= 0.0:
         return tokens
-    drop = torch.rand(tokens.shape[0], generator=generator).to(tokens.device) < prob
+    if drop is None:
+        drop = torch.rand(tokens.shape[0], generator=generator).to(tokens.device) < prob
     return torch.where(drop[:, None, None], null.to(tokens), tokens)
 
 
@@ -314,20 +317,24 @@ class ImageConditioner(nn.Module):
             torch.zeros(self.n_tokens, self.out_dim), requires_grad=config.null == "learned"
         )
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, images: Tensor, generator: torch.Generator | None = None,
+                drop: Tensor | None = None) -> Tensor:
         """images (B, 3, H, W) in [0, 1] -> (B, L_c, out_dim); in training mode a fraction
-        ``drop_prob`` of the samples get the null condition."""
-        return self.condition(self.encoder(images), generator)
+        ``drop_prob`` of the samples get the null condition (those of ``drop`` (B,) bool when
+        given, else drawn from ``generator``)."""
+        return self.condition(self.encoder(images), generator, drop)
 
-    def condition(self, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def condition(self, tokens: Tensor, generator: torch.Generator | None = None,
+                  drop: Tensor | None = None) -> Tensor:
         """Encoder tokens (B, L_c, out_dim), e.g. cached ones in float16 -> (B, L_c, out_dim) in
-        the null condition's dtype; in training mode a fraction ``drop_prob`` become null."""
+        the null condition's dtype; in training mode a fraction ``drop_prob`` become null (see
+        ``forward``)."""
         if tokens.shape[1:] != self.null_tokens.shape:
             raise ValueError(f"condition tokens {tuple(tokens.shape)} do not fit this conditioner: "
                              f"expected (B, {self.n_tokens}, {self.out_dim})")
         tokens = tokens.to(self.null_tokens.dtype)
         if self.training:
-            tokens = drop_condition(tokens, self.null_tokens, self.config.drop_prob, generator)
+            tokens = drop_condition(tokens, self.null_tokens, self.config.drop_prob, generator, drop)
         return tokens
 
     @property

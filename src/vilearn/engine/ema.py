@@ -26,12 +26,16 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        decay = self.current_decay(step)
-        for key, value in model.state_dict().items():
+        """One averaging step: a few fused kernels (``torch._foreach_lerp_``) for all tensors."""
+        shadows, values = [], []
+        for key, value in model.state_dict(keep_vars=True).items():  # no per-tensor detach op
             if key in self.shadow:
                 if self.shadow[key].device != value.device:  # the model moved (accelerate.prepare)
                     self.shadow[key] = self.shadow[key].to(value.device)
-                self.shadow[key].lerp_(value.detach().float(), 1.0 - decay)
+                shadows.append(self.shadow[key])
+                values.append(value if value.dtype == torch.float32 else value.float())
+        if shadows:
+            torch._foreach_lerp_(shadows, values, 1.0 - self.current_decay(step))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.cpu() for k, v in self.shadow.items()}

@@ -71,11 +71,14 @@ class TrainingGuard(StopSignal):
         self.step = self.saved = start
         self.writer, self.replaced = writer, Counter()
 
-    def save_if_due(self, step: int, every: int, last: int, barrier: Callable[[], None]) -> bool:
+    def save_if_due(self, step: int, every: int, last: int, barrier: Callable[[], None],
+                    interrupted: bool | None = None) -> bool:
         """After step ``step``: save at multiples of ``every``, at ``last`` and when a signal
-        came (all processes meet at ``barrier`` first). Returns whether a signal came: the loop
-        then stops."""
-        interrupted = self.received is not None
+        came (all processes meet at ``barrier`` first). ``interrupted``: the processes' agreed
+        answer to "did a signal come" (default: this process's own). Returns whether a signal
+        came: the loop then stops."""
+        if interrupted is None:
+            interrupted = self.received is not None
         if step % every == 0 or step == last or interrupted:
             barrier()
             if self.main:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vilearn.data.dataset import PreparedDataset
+from vilearn.data.shards import Shard
 from vilearn.grouping.groups import Groups, group_shape
 from vilearn.grouping.store import groups_path, is_complete, save_groups
 from vilearn.io import clean_stale_tmp
@@ -60,10 +61,10 @@ def group_one(vae, data: PreparedDataset, vae_name: str, num_tokens: int, shape_
 
 @torch.no_grad()
 def group_dataset(root: str | Path, vae, identity: VAEIdentity, tokens: list[int] | None = None,
-                  max_bytes: int | None = None, split: str | None = None,
+                  max_bytes: int | None = None, split: str | None = None, shard: Shard | None = None,
                   on_shape: Callable[[str, int, str], None] | None = None) -> GroupSummary:
-    """Write ``latents/<key>/<N>/groups/<id>.npz`` for every ok shape and token count, with
-    ``vae`` (whose identity is ``identity``: the latents folder must be its own).
+    """Write ``latents/<key>/<N>/groups/<id>.npz`` for every ok shape (of ``shard``) and token
+    count, with ``vae`` (whose identity is ``identity``: the latents folder must be its own).
 
     ``tokens`` defaults to every encoded count. ``on_shape(id, N, outcome)`` is called per
     shape and count with outcome "grouped", "skipped" or "failed". A shape without latents or
@@ -81,6 +82,8 @@ def group_dataset(root: str | Path, vae, identity: VAEIdentity, tokens: list[int
     summary = GroupSummary()
     for row in data.rows(split):
         shape_id, num_views = row["id"], int(row.get("views", 0))
+        if shard is not None and not shard.owns(shape_id):
+            continue
         for n in tokens:
             path = groups_path(root, vae_name, n, shape_id)
             if is_complete(path, n, num_views):

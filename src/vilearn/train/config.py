@@ -129,6 +129,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.grad_accum < 1 or self.log_every < 1 or self.ckpt_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("grad_accum, log_every, ckpt_every and keep_checkpoints must be >= 1")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
 
 
 @dataclass

@@ -2,13 +2,19 @@
 
 Reads a prepared dataset (``vilearn.data.layout``), the latents of one token count
 (``DATASET/latents/<vae>/<N>/<id>.safetensors``, written by ``vilearn encode``), the
-grouping next to them (``.../<N>/groups/<id>.npz``, written by ``vilearn group``) and, when the
-frozen encoder's features are cached (``vilearn.train.features``), those instead of the images.
+grouping next to them (``.../<N>/groups/<id>.npz``, written by ``vilearn group``) and the
+condition: when the frozen encoder's features are cached (``vilearn.train.features``), those;
+else the view's image, read ready-made from ``vilearn cache-images`` when the dataset has it at
+the conditioner's size (``vilearn.train.images``: the same tensor, without decoding and resizing),
+or prepared from the view's PNG and mask.
 
 Reproducible order without state: item j of micro-batch m of optimizer step s on process r is
 the sample at position p = ((s * A + m) * R + r) * B + j of an endless stream made of seeded
-permutations of the items (one per epoch); its random choices (the view, the posterior noise)
-come from a generator seeded by (seed, stage, p). Resuming therefore needs only the step.
+permutations of the items (one per epoch). Every random choice of that sample (the view, the
+posterior noise and, with ``timesteps`` given, its flow-matching time, noise and condition
+dropout) comes from generators seeded by (seed, stage, p) alone. Resuming therefore needs only
+the step, and a step sees the same samples and the same draws whatever the process count R (for
+the same global batch R * B).
 
 An item whose files cannot be read is replaced by the next readable item (index + 1, + 2, ...,
 same seed), so the order stays a function of the step; the item then lists what it skipped in
@@ -28,9 +34,11 @@ from torch.utils.data import Dataset, Sampler
 from vilearn.data.dataset import PreparedDataset
 from vilearn.dit.preprocess import prepare_condition_image
 from vilearn.engine.runtime import step_seed
+from vilearn.flow.timesteps import TimestepConfig, sample_timesteps
 from vilearn.grouping.store import groups_path
 from vilearn.io import CorruptFileError, read_npz
 from vilearn.train.features import features_path, read_view_features, stored_views
+from vilearn.train.images import cached_images, images_path, read_view_image
 from vilearn.vae.encode import latents_dir, read_latents
 
 
@@ -54,20 +62,26 @@ class LatentViewDataset(Dataset):
     folder name under DATASET/features) the cached encoder tokens ``features`` (L_c, D) in their
     stored dtype (float16 by default). With ``features``, shapes without a features file and
     views without stored tokens are skipped. ``unreadable`` (str) names the files of the items
-    this one replaced ("" when none).
+    this one replaced ("" when none). With ``timesteps`` (training), an item addressed by
+    (index, seed) also carries its flow-matching draws: ``t`` () float32, ``noise`` (N, C)
+    float32 and ``drop`` () bool (its condition replaced by the null one, probability
+    ``drop_prob``).
     """
 
     def __init__(self, root: str | Path, vae_name: str, tokens: int, split: str | None,
                  image_size: int, posterior: str = "sample", limit: int | None = None,
-                 features: str | None = None, visibility: str = "vst", crop: bool = True):
+                 features: str | None = None, visibility: str = "vst", crop: bool = True,
+                 timesteps: TimestepConfig | None = None, drop_prob: float = 0.0):
         self.data = PreparedDataset(root)
         self.vae_name, self.tokens, self.image_size = vae_name, tokens, image_size
         self.posterior, self.features, self.visibility = posterior, features, visibility
-        self.crop = crop
+        self.crop, self.timesteps, self.drop_prob = crop, timesteps, drop_prob
         self.folder = latents_dir(root, vae_name, tokens)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{self.folder}: no latents at {tokens} tokens (run 'vilearn encode')")
+        self.images = None if features is not None else cached_images(root, image_size, crop)
         self.items: list[tuple[str, np.ndarray]] = []  # (shape id, usable view indices)
+        self.ready: set[str] = set()  # shapes whose condition images are cached
         self.skipped: Counter = Counter()
         self.problems: list[str] = []
         for row in self.data.rows(split):
@@ -105,6 +119,8 @@ class LatentViewDataset(Dataset):
                 self.skipped["no usable view"] += 1
                 continue
             self.items.append((shape_id, views))
+            if self.images is not None and images_path(self.images, shape_id).is_file():
+                self.ready.add(shape_id)
         self.skipped = +self.skipped  # drop zero counts
 
     def __len__(self) -> int:
@@ -137,6 +153,8 @@ class LatentViewDataset(Dataset):
                 **condition, "id": shape_id, "view": int(view)}
 
     def condition_image(self, shape_id: str, view: int) -> torch.Tensor:
+        if shape_id in self.ready:
+            return read_view_image(images_path(self.images, shape_id), view)
         return condition_image(self.data, shape_id, view, self.image_size, self.crop)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
@@ -151,8 +169,21 @@ class LatentViewDataset(Dataset):
             except (CorruptFileError, FileNotFoundError) as error:
                 unreadable.append(str(error))
                 continue
+            if self.timesteps is not None:
+                item.update(flow_draws(seed, item["latents"].shape, self.timesteps, self.drop_prob))
             return {**item, "unreadable": "\n".join(unreadable)}
         raise CorruptFileError(f"no training item can be read ({len(unreadable)} tried): {unreadable[0]}")
+
+
+def flow_draws(seed: int, shape: tuple[int, ...], timesteps: TimestepConfig,
+               drop_prob: float) -> dict[str, torch.Tensor]:
+    """One training sample's flow-matching draws, a function of ``seed`` alone: ``t`` () float32,
+    ``noise`` ``shape`` float32, ``drop`` () bool (True with probability ``drop_prob``)."""
+    generator = torch.Generator().manual_seed(seed)
+    t = sample_timesteps(1, timesteps, generator=generator)[0]
+    noise = torch.randn(shape, generator=generator)
+    drop = torch.rand((), generator=generator) < drop_prob
+    return {"t": t, "noise": noise, "drop": drop}
 
 
 def batch_condition(batch: dict) -> torch.Tensor:

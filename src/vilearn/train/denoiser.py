@@ -26,13 +26,14 @@ class Denoiser(nn.Module):
         self.lora_config = None  # peft's LoraConfig of a LoRA run (``vilearn.train.lora``)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, visible: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, drop: Tensor | None = None) -> Tensor:
         """x (B, N, C), t (B,), cond: images (B, 3, S, S) or, cached, tokens (B, L_c, D),
-        visible (B, N) bool -> velocity (B, N, C)."""
+        visible (B, N) bool -> velocity (B, N, C). In training mode the condition dropout is
+        ``drop`` (B,) bool when given, else drawn from ``generator``."""
         if self.conditioner.config.cached:
-            tokens = self.conditioner.condition(cond, generator=generator)
+            tokens = self.conditioner.condition(cond, generator=generator, drop=drop)
         else:
-            tokens = self.conditioner(cond, generator=generator)
+            tokens = self.conditioner(cond, generator=generator, drop=drop)
         return self.dit(x, t, tokens, visible=visible)
 
     def auxiliary_loss(self) -> Tensor | None:

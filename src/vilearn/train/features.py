@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from vilearn.data.dataset import PreparedDataset
+from vilearn.data.shards import Shard
 from vilearn.dit.conditioner import ImageConditioner
 from vilearn.dit.preprocess import prepare_condition_image
 from vilearn.io import CorruptFileError, clean_stale_tmp, read_json, save_safetensors, write_json
@@ -185,9 +186,10 @@ def encode_shape(conditioner: ImageConditioner, data: PreparedDataset, shape_id:
 
 
 def cache_features(root: str | Path, conditioner: ImageConditioner, batch: int = 16,
-                   dtype: str = "float16", split: str | None = None,
+                   dtype: str = "float16", split: str | None = None, shard: Shard | None = None,
                    on_shape: Callable[[str, str], None] | None = None) -> tuple[str, FeatureSummary]:
-    """Write ``features/<name>/<id>.safetensors`` for every ok shape; returns (name, summary).
+    """Write ``features/<name>/<id>.safetensors`` for every ok shape (of ``shard``); returns
+    (name, summary).
 
     ``batch``: views per encoder call. Complete files are skipped; a shape that fails (a broken
     view file, no usable view) is recorded with its reason and the others go on.
@@ -212,19 +214,37 @@ def cache_features(root: str | Path, conditioner: ImageConditioner, batch: int =
         write_json(folder / "info.json", made)
     clean_stale_tmp(folder)
     conditioner.eval()
+
+    def make(shape_id: str, num_views: int) -> tuple[dict[str, Tensor], dict[str, str]]:
+        tensors = encode_shape(conditioner, data, shape_id, num_views, batch, DTYPES[dtype])
+        return tensors, {"model": made["model"], "image_size": str(made["image_size"]),
+                         "views": str(num_views), "dtype": dtype}
+
+    summary = cache_per_shape(data, split, shard, lambda shape_id: features_path(root, name, shape_id),
+                              make, on_shape)
+    return name, summary
+
+
+def cache_per_shape(data: PreparedDataset, split: str | None, shard: Shard | None,
+                    path_of: Callable[[str], Path],
+                    make: Callable[[str, int], tuple[dict[str, Tensor], dict[str, str]]],
+                    on_shape: Callable[[str, str], None] | None) -> FeatureSummary:
+    """The loop of the per-shape view caches (features here, images in ``vilearn.train.images``):
+    for every ok shape of ``split`` (and ``shard``), a complete file at ``path_of(id)`` is kept,
+    else ``make(id, views)`` gives its tensors and metadata, saved atomically; a shape that
+    fails is recorded with its reason and the others go on."""
     summary = FeatureSummary()
     for row in data.rows(split):
         shape_id, num_views = row["id"], int(row.get("views", 0))
-        path = features_path(root, name, shape_id)
+        if shard is not None and not shard.owns(shape_id):
+            continue
+        path = path_of(shape_id)
         if is_complete(path, num_views):
             summary.skipped += 1
             outcome = "skipped"
         else:
             try:
-                tensors = encode_shape(conditioner, data, shape_id, num_views, batch, DTYPES[dtype])
-                save_safetensors(path, tensors, metadata={
-                    "model": made["model"], "image_size": str(made["image_size"]),
-                    "views": str(num_views), "dtype": dtype})
+                save_safetensors(path, *make(shape_id, num_views))
                 summary.cached += 1
                 outcome = "cached"
             except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -232,4 +252,4 @@ def cache_features(root: str | Path, conditioner: ImageConditioner, batch: int =
                 outcome = "failed"
         if on_shape:
             on_shape(shape_id, outcome)
-    return name, summary
+    return summary

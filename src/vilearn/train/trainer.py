@@ -15,14 +15,22 @@ Cut into named pieces: ``build_model``, ``build_optimizer``, ``check_inputs``,
     RUN/init.json              where the weights came from (``init.dit``), when fine-tuning
     RUN/adapter/               a LoRA run's EMA adapters in peft's layout (``vilearn.train.lora``)
 
-Exactness: the data order, each item's random choices, the timesteps, the noise and the
-condition dropout of step s are pure functions of (seed, s); the LR is a function of s; model,
-EMA, optimizer and RNG states are saved. A run stopped at step s and resumed therefore
-reproduces the uninterrupted loss curve exactly on CPU. Stages of the progressive token
-schedule share the optimizer and EMA (the denoiser's weights do not depend on N). Fine-tuning
-starts from released weights (``init.dit``, ``vilearn.train.pretrained``), in full or with LoRA
-(``train.lora``): the optimizer and the EMA then hold the adapters and the few tensors trained
-with them, and the frozen base is read from ``init.dit`` again on resume.
+Exactness: the data order and every random choice of a sample (its view, posterior noise,
+timestep, flow noise and condition dropout) are pure functions of (seed, stage, its position in
+the data stream) (``vilearn.train.data``); the LR is a function of s; model, EMA, optimizer and
+RNG states are saved. A run stopped at step s and resumed therefore reproduces the
+uninterrupted loss curve exactly on CPU, and since stage batch sizes are global, the same run on
+R processes (DDP, ``accelerate launch``) sees the same samples with the same draws at every
+step: its loss curve is that of one process within float rounding, and it may resume on another
+process count. Stages of the progressive token schedule share the optimizer and EMA (the
+denoiser's weights do not depend on N). Fine-tuning starts from released weights (``init.dit``,
+``vilearn.train.pretrained``), in full or with LoRA (``train.lora``): the optimizer and the EMA
+then hold the adapters and the few tensors trained with them, and the frozen base is read from
+``init.dit`` again on resume.
+
+Between logged steps nothing is read back from the device (``training_step`` leaves its
+outputs there; ``step_record`` reads them on the logged steps), so on a GPU the host queues
+the next step while the device runs this one.
 
 Faults: an unreadable training item is replaced by the next readable one (deterministically) and
 counted in the log; an unexpected exception saves the state after the last completed step
@@ -36,9 +44,11 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import yaml
+from torch import Tensor
 
 from vilearn.config import ConfigError, from_dict, to_dict
 from vilearn.dit.build import build_denoiser
@@ -54,7 +64,7 @@ from vilearn.engine.checkpoint import (
 from vilearn.engine.ema import EMA
 from vilearn.engine.logging import JSONLLogger
 from vilearn.engine.rng import capture_rng_state, restore_rng_state
-from vilearn.engine.runtime import git_commit, resolve_precision, step_seed
+from vilearn.engine.runtime import git_commit, resolve_precision
 from vilearn.engine.schedule import lr_factor
 from vilearn.engine.stop import TrainingGuard
 from vilearn.flow.normalize import LatentStats
@@ -179,26 +189,72 @@ def build_optimizer(model: Denoiser, config: TrainConfig) -> torch.optim.AdamW:
         lr=o.lr, betas=tuple(o.betas))
 
 
+def check_parallelism(distributed_type) -> None:
+    """Refuse the sharded strategies this trainer does not handle yet, before any step.
+
+    FSDP and DeepSpeed shard the parameters: the EMA (whole tensors, updated from the local
+    module's state dict), checkpoints (written from rank 0's state dict alone) and validation
+    (rank 0 alone runs the model) all assume every process holds the whole model, as DDP does.
+    """
+    if str(distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED"):
+        raise ConfigError(f"{distributed_type}: sharded training is not supported yet (EMA, "
+                          "checkpoints and validation need whole parameters on rank 0); launch DDP "
+                          "instead: accelerate launch --multi_gpu -m vilearn train ...")
+
+
+def stop_requested(accelerator, stop_signal, every: int, step: int) -> int | None:
+    """The signal that asks every process to save and stop, or None (``stop_signal``: a
+    ``vilearn.engine.stop.StopSignal``).
+
+    One process: its own flag, every step. Several: any process's flag, agreed on by all (so
+    they save and stop at the same step) every ``every`` steps; a collective read-back, hence
+    not every step.
+    """
+    if accelerator.num_processes == 1:
+        return stop_signal.received
+    if step % every:
+        return None
+    flag = torch.tensor([stop_signal.received or 0], device=accelerator.device)
+    return int(accelerator.reduce(flag, reduction="max")) or None
+
+
+class StepOutput(NamedTuple):
+    """What one optimizer step leaves on the device for logging (nothing is read back)."""
+
+    per_sample: Tensor  # (B_local * A,) flow loss per sample, detached
+    t: Tensor  # (B_local * A,) their timesteps
+    grad_norm: Tensor  # () before clipping (0 when clipping is off)
+    lr: float
+    aux: Tensor | None = None  # () the denoiser's auxiliary loss (e.g. MoE balancing), if any
+
+
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors on ``device``; copies from pinned memory overlap with compute."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], stats: LatentStats,
-                  config: TrainConfig, step: int) -> dict[str, float]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the logged values."""
+                  config: TrainConfig, step: int) -> StepOutput:
+    """One optimizer step over ``grad_accum`` micro-batches (each a ``LatentViewDataset`` batch
+    with its per-sample draws ``t``, ``noise``, ``drop``).
+
+    Nothing here waits for the device: no value is read back to the host (``step_record`` does
+    that, on the steps that are logged), so the host queues the next step while this one runs.
+    """
     o = config.optim
-    factor = lr_factor(step, o.warmup_steps, config.total_steps, o.decay, o.min_lr_ratio)
+    lr = o.lr * lr_factor(step, o.warmup_steps, config.total_steps, o.decay, o.min_lr_ratio)
     for group in optimizer.param_groups:
-        group["lr"] = o.lr * factor
-    losses, per_sample, times, aux_losses = [], [], [], []
-    grad_norm = torch.zeros(())
-    for micro, batch in enumerate(batches):
-        generator = torch.Generator().manual_seed(
-            step_seed(config.train.seed, step, micro, accelerator.process_index))
-        x = stats.normalize(batch["latents"].to(accelerator.device))
-        cond = batch_condition(batch).to(accelerator.device)
-        visible = batch["visible"].to(accelerator.device)
+        group["lr"] = lr
+    per_sample, times, aux_losses = [], [], []
+    grad_norm = torch.zeros((), device=accelerator.device)
+    for batch in batches:
+        batch = to_device(batch, accelerator.device)
+        x, drop = stats.normalize(batch["latents"]), batch["drop"]
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 result = flow_matching_loss(
-                    lambda x_t, t, cond, visible, g=generator: model(x_t, t, cond, visible, g),
-                    x, cond, visible, timesteps=config.timesteps, generator=generator)
+                    lambda x_t, t, cond, visible, drop=drop: model(x_t, t, cond, visible, drop=drop),
+                    x, batch_condition(batch), batch["visible"], t=batch["t"], noise=batch["noise"])
                 loss = result.loss
                 aux = bare_model(accelerator, model).auxiliary_loss()  # e.g. MoE load balancing
                 if aux is not None:
@@ -209,15 +265,21 @@ def training_step(accelerator, model, optimizer, ema: EMA, batches: list[dict], 
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        losses.append(result.loss.detach())
         per_sample.append(result.per_sample)
-        times.append(result.t.to(result.per_sample.device))
+        times.append(result.t)
     ema.update(bare_model(accelerator, model), step)
-    per_sample = accelerator.gather(torch.cat(per_sample)).float().cpu()
-    times = accelerator.gather(torch.cat(times)).float().cpu()
-    record = {"loss": float(per_sample.mean()), "lr": o.lr * factor, "grad_norm": float(grad_norm)}
-    if aux_losses:  # the denoiser's auxiliary loss, added to the flow loss above in backward
-        record["aux_loss"] = float(accelerator.gather(torch.stack(aux_losses)).mean())
+    aux = torch.stack(aux_losses).mean() if aux_losses else None
+    return StepOutput(torch.cat(per_sample), torch.cat(times), grad_norm, lr, aux)
+
+
+def step_record(accelerator, output: StepOutput) -> dict[str, float]:
+    """The logged values of a step, over all processes: loss, loss by timestep bucket, grad norm,
+    lr, the denoiser's auxiliary loss. A collective: every process calls it on the same steps."""
+    per_sample = accelerator.gather(output.per_sample).float().cpu()
+    times = accelerator.gather(output.t.to(output.per_sample.device)).float().cpu()
+    record = {"loss": float(per_sample.mean()), "lr": output.lr, "grad_norm": float(output.grad_norm)}
+    if output.aux is not None:  # the denoiser's auxiliary loss, added to the flow loss in backward
+        record["aux_loss"] = float(accelerator.gather(output.aux[None]).mean())
     edges = (0.0, *BUCKETS, 1.0)
     for low, high in zip(edges[:-1], edges[1:]):
         inside = (times >= low) & (times < high)
@@ -301,10 +363,12 @@ def check_resume_config(out: Path, config: TrainConfig, identity: VAEIdentity) -
 
 
 def _loader(dataset: LatentViewDataset, sampler: StepBatches, workers: int):
+    """Batches from ``workers`` processes (in this one when 0), into pinned memory on a GPU
+    (``to_device`` then copies without blocking)."""
     from torch.utils.data import DataLoader
 
     return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                           persistent_workers=False, pin_memory=torch.cuda.is_available()))
+                           pin_memory=torch.cuda.is_available()))
 
 
 def train(config: TrainConfig, out: str | Path, resume: str | None = None,
@@ -328,6 +392,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
     t = config.train
     accelerator = Accelerator(mixed_precision=resolve_precision(t.precision),
                               gradient_accumulation_steps=t.grad_accum)
+    check_parallelism(accelerator.distributed_type)
     main = accelerator.is_main_process
     torch.manual_seed(t.seed)
     model = build_model(config)
@@ -360,6 +425,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start)
     validator = Validator(config, identity.key, stats, out, features) if main else None
+    world = accelerator.num_processes
     stop = min(config.total_steps, max_steps if max_steps is not None else config.total_steps)
     last: dict = {}
     step, stage_index, batches = start, None, None
@@ -375,7 +441,9 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 stage_index = index
                 dataset = LatentViewDataset(config.dataset, identity.key, stage.tokens, "train",
                                             image_size, t.posterior, features=features,
-                                            visibility=t.visibility, crop=crop)
+                                            visibility=t.visibility, crop=crop,
+                                            timesteps=config.timesteps,
+                                            drop_prob=config.conditioner.drop_prob)
                 for problem in dataset.problems:
                     warnings.warn(f"training data: {problem}", stacklevel=2)
                 if len(dataset) == 0:
@@ -385,8 +453,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 if main:
                     logger.log({"step": step, "stage": index, "tokens": stage.tokens,
                                 "batch_size": stage.batch_size, "items": len(dataset),
-                                "skipped": dict(dataset.skipped)})
-                world = accelerator.num_processes
+                                "skipped": dict(dataset.skipped),
+                                "cached_images": len(dataset.ready)})
                 if stage.batch_size % world:
                     raise ConfigError(f"stages[{index}].batch_size {stage.batch_size} is not "
                                       f"divisible by the {world} processes")
@@ -397,13 +465,15 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
             micro = [next(batches) for _ in range(t.grad_accum)]
             guard.note_replaced(p for batch in micro for text in batch["unreadable"]
                                 for p in text.split("\n") if p)
-            record = training_step(accelerator, model, optimizer, ema, micro, stats[stage.tokens],
+            output = training_step(accelerator, model, optimizer, ema, micro, stats[stage.tokens],
                                    config, step)
             step += 1
             guard.step = step  # the state is now that of ``step`` completed steps
-            if main and (step % t.log_every == 0 or step == stop or step == start + 1):
-                seconds = time.perf_counter() - tic
-                rate = (step - tic_step) / max(seconds, 1e-9)
+            logging = step % t.log_every == 0 or step == stop or step == start + 1
+            if logging:
+                record = step_record(accelerator, output)  # the only read-back of a step
+            if logging and main:
+                rate = (step - tic_step) / max(time.perf_counter() - tic, 1e-9)
                 record.update(step=step, stage=index, tokens=stage.tokens, steps_per_s=rate,
                               samples_per_s=rate * stage.batch_size * t.grad_accum)
                 if guard.replaced:
@@ -412,17 +482,24 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 for key, value in record.items():
                     if key not in ("step", "stage"):
                         writer.add_scalar(f"train/{key}", value, step)
-                tic, tic_step = time.perf_counter(), step
                 last["train"] = record
                 if on_log:
                     on_log(record)
-            interrupted = guard.save_if_due(step, t.ckpt_every, stop, accelerator.wait_for_everyone)
+            if logging:
+                tic, tic_step = time.perf_counter(), step
+            interrupted = stop_requested(accelerator, guard, every=1 if world == 1 else t.log_every,
+                                         step=step)
+            guard.save_if_due(step, t.ckpt_every, stop, accelerator.wait_for_everyone,
+                              interrupted=interrupted is not None)
+            if step % t.ckpt_every == 0 or step == stop or interrupted:
+                tic, tic_step = time.perf_counter(), step  # steps/s counts training only
             if main and validator.due(step):
                 last["val"] = validator.run(step, bare_model(accelerator, model), ema, logger, writer)
+                tic, tic_step = time.perf_counter(), step
                 if on_log:
                     on_log(last["val"])
             if interrupted:
-                last["interrupted"] = guard.received
+                last["interrupted"] = interrupted
                 break
     if guard.replaced:
         last["unreadable"] = dict(guard.replaced)

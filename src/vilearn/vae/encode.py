@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from vilearn.data.dataset import PreparedDataset
+from vilearn.data.shards import Shard
 from vilearn.io import CorruptFileError, clean_stale_tmp, read_safetensors, save_safetensors, write_json
 from vilearn.vae.data import read_manifest
 from vilearn.vae.identity import VAEIdentity, claim_latents, latents_root
@@ -111,7 +112,7 @@ class EncodeSummary:
 
 
 def encode_dataset(dataset: str | Path, vae, identity: VAEIdentity, tokens: list[int],
-                   surface_points: int = 8192, split: str | None = None,
+                   surface_points: int = 8192, split: str | None = None, shard: Shard | None = None,
                    on_shape: Callable[[str, str], None] | None = None,
                    points_per_token: int | None = None,
                    sharp_fraction: float | None = None) -> EncodeSummary:
@@ -123,7 +124,9 @@ def encode_dataset(dataset: str | Path, vae, identity: VAEIdentity, tokens: list
     fixed-ratio VAE's. Existing latents are read back (the statistics need them): an
     unreadable one is encoded again. ``on_shape(id, outcome)`` is called after each shape,
     outcome "encoded", "kept" or "failed", for progress bars. Latents of another VAE in the
-    identity's folder, or made from another encoder input, are refused (``LatentsError``).
+    identity's folder, or made from another encoder input, are refused (``LatentsError``). With
+    ``shard`` only its shapes are encoded and no statistics are written (they need every shape:
+    an unsharded run afterwards reads the latents back and writes them).
     """
     dataset = Path(dataset)
     tokens = sorted(set(tokens))
@@ -138,6 +141,8 @@ def encode_dataset(dataset: str | Path, vae, identity: VAEIdentity, tokens: list
     summary, stats = EncodeSummary(), {n: ChannelStats() for n in tokens}
     for row in read_manifest(dataset, split):
         shape_id, todo, means = row["id"], [], {}
+        if shard is not None and not shard.owns(shape_id):
+            continue
         for n in tokens:
             path = latents_dir(dataset, identity, n) / f"{shape_id}.safetensors"
             if path.is_file():
@@ -167,6 +172,8 @@ def encode_dataset(dataset: str | Path, vae, identity: VAEIdentity, tokens: list
         summary.kept += outcome == "kept"
         if on_shape:
             on_shape(shape_id, outcome)
+    if shard is not None:
+        return summary
     for n in tokens:
         if stats[n].shapes:  # else every shape failed: nothing to summarise, the summary says why
             folder = latents_dir(dataset, identity, n)

@@ -670,13 +670,22 @@ def test_a_misspelt_config_name_lists_the_packaged_ones():
         load_config(TrainConfig, "dit-tnyi")
 
 
-def test_train_and_train_vae_take_overrides_the_same_two_ways(encoded, tmp_path):
-    for args in (["train", "--config", "dit-tiny", "--out", str(tmp_path / "r"), "optim.lrr=1"],
-                 ["train", "--config", "dit-tiny", "--out", str(tmp_path / "r"), "--set", "optim.lrr=1"],
-                 ["train-vae", str(encoded / "data"), "--out", str(tmp_path / "v"), "optim.lrr=1"],
-                 ["train-vae", str(encoded / "data"), "--out", str(tmp_path / "v"), "--set", "optim.lrr=1"]):
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 2 and "unknown key 'lrr'" in said(result), (args, result.output)
+def test_every_config_command_takes_overrides_the_same_two_ways(encoded, tmp_path):
+    commands = {  # the command line before the override, and the unknown key a misspelling names
+        "train": (["train", "--config", "dit-tiny", "--out", str(tmp_path / "r")], "optim.lrr=1", "lrr"),
+        "train-vae": (["train-vae", str(encoded / "data"), "--out", str(tmp_path / "v")], "optim.lrr=1",
+                      "lrr"),
+        "prepare": (["prepare", "pybullet:random_urdfs", str(tmp_path / "p"), "--config", "prepare-tiny"],
+                    "seedd=3", "seedd"),
+        "bench convergence": (["bench", "convergence", "--out", str(tmp_path / "b")], "eval_everyy=2",
+                              "eval_everyy"),
+    }
+    for name, (command, override, key) in commands.items():
+        for args in ([*command, override], [*command, "--set", override]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2, (name, args, result.output)
+            assert f"unknown key '{key}'" in said(result), (name, args, result.output)
+    assert not any((tmp_path / folder).exists() for folder in "rvpb")  # refused before anything is written
 
 
 def test_eval_report_explains_its_references_and_clips_intervals_to_the_metric_range(tmp_path):

@@ -17,6 +17,7 @@ def convergence_command(
     config: str = typer.Option("bench-cpu", "--config", "-c", help="BenchConfig YAML or packaged name."),
     out: Path = typer.Option(Path("runs/bench-convergence"), "--out", "-o", help="Benchmark folder."),
     overrides: list[str] = typer.Argument(None, help="BenchConfig overrides: key.sub=value ..."),
+    set_: list[str] = typer.Option([], "--set", help="Another spelling of an override: --set key=value."),
     report_only: bool = typer.Option(False, "--report-only", help="Only redraw the report from results."),
 ) -> None:
     """Train none / va-rope / va-lpe / rope / va-rope-random on identical data and seeds, evaluate
@@ -25,7 +26,7 @@ def convergence_command(
     from vilearn.config import ConfigError, load_config
 
     try:
-        bench = load_config(BenchConfig, config, overrides or [])
+        bench = load_config(BenchConfig, config, [*(overrides or []), *set_])
     except ConfigError as error:
         raise fail(str(error)) from error
     try:

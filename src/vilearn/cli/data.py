@@ -27,6 +27,7 @@ def prepare(
                                      help="Seconds one shape may take before it is stopped and recorded "
                                           "as failed (0: none) [config's time_limit_s: 600]."),
     shard: str = shard_option(),
+    set_: list[str] = typer.Option([], "--set", help="Another spelling of an override: --set key=value."),
 ) -> None:
     """Meshes -> normalised shapes (surface, occupancy) and rendered views (image, depth, visible points).
 
@@ -39,7 +40,7 @@ def prepare(
     from vilearn.data.prepare import PrepareConfig, prepare_dataset
 
     part = parse_shard(shard)
-    overrides = [*(overrides or []), *([f"views.count={views}"] if views is not None else [])]
+    overrides = [*(overrides or []), *set_, *([f"views.count={views}"] if views is not None else [])]
     if time_limit is not None:
         overrides.append(f"time_limit_s={time_limit}")
     try:

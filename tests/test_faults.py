@@ -405,6 +405,37 @@ def test_train_vae_replaces_an_unreadable_shape_and_saves_on_an_exception(tmp_pa
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002")[1]["step"] == 2
 
 
+def test_evaluate_skips_views_with_unreadable_files_names_them_and_exits_1(encoded, encoded_key, tmp_path):
+    root = copy_of(encoded, tmp_path)
+    data = root / "data"
+    train(run_config(root, steps=2), tmp_path / "run")
+    first, second, third, fourth = train_ids(data)[:4]  # evaluated on the train split: view 0 of each
+    view = truncate(data / "shapes" / first / "views" / "000.npz")  # truncate -s 3000
+    latents = truncate(data / "latents" / encoded_key / "32" / f"{second}.safetensors")
+    mesh = truncate(data / "shapes" / third / "mesh.npz")  # read only for the cases grid
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--split", "train", "--n", "4",
+                                      "--steps", "1", "--resolution", "16", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    line = said(result)
+    assert "model: 1 held-out view(s) skipped" in line and "ceiling: 2 held-out view(s) skipped" in line
+    assert f"failed: {first} view 0: {view}: unreadable (BadZipFile" in line
+    assert f"failed: {second} view 0: {latents}: unreadable" in line
+    report = json.loads((out / "eval.json").read_text())
+    # the model needs no latents: only the bad view is skipped; the ceiling decodes each shape's own
+    assert {r["id"] for r in report["model"]["rows"]} == {second, third, fourth}
+    assert list(report["model"]["skipped"]) == [f"{first} view 0"]
+    assert {r["id"] for r in report["ceiling"]["rows"]} == {third, fourth}
+    assert sorted(report["ceiling"]["skipped"]) == [f"{first} view 0", f"{second} view 0"]
+    fscore = report["model"]["summary"]["fscore@0.05"]
+    assert fscore["n"] + fscore["missing"] == 3
+    chance = report["chance"]  # random latents against every view: the bad view is skipped here too
+    assert f"{first} view 0" in chance["skipped"] and len(chance["rows"]) + len(chance["skipped"]) == 4
+    text = (out / "eval.md").read_text()
+    assert "## Skipped views" in text and f"- {first} view 0: {view}: unreadable" in text
+    assert f"{third}'s ground truth left blank: {mesh}: unreadable" in line and (out / "cases.png").is_file()
+
+
 # --- 5. a damaged checkpoint is found before it is used -------------------------------------------
 
 

@@ -157,8 +157,10 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
                 if trained.step != step:
                     raise RuntimeError(f"{run}: expected a checkpoint at step {step}, got {trained.step}")
                 result = evaluate_model(trained, vae, bench.eval)
+                say_skipped(say, result.skipped)
                 _append(results_path, {"variant": variant, "seed": seed, "step": step,
-                                       "means": {k: s.mean for k, s in result.summary.items()}})
+                                       "means": {k: s.mean for k, s in result.summary.items()},
+                                       **({"skipped": result.skipped} if result.skipped else {})})
     if bench.references and not (out / "references.json").is_file():
         config = train_config(bench, out, "none", bench.seeds[0], identity.key)
         references = {}
@@ -166,9 +168,17 @@ def run_benchmark(bench: BenchConfig, out: str | Path, say: Callable[[str], None
             say(f"reference: {mode}")
             result = reference_scores(config.dataset, vae, identity.key,
                                       config.stages[-1].tokens, mode, bench.eval)
+            say_skipped(say, result.skipped)
             references[mode] = {k: s.mean for k, s in result.summary.items()}
         write_json(out / "references.json", references)
     return write_report(out, bench)
+
+
+def say_skipped(say: Callable[[str], None], skipped: dict[str, str]) -> None:
+    """Name the held-out views an evaluation skipped (unreadable files), if any."""
+    if skipped:
+        first, why = next(iter(skipped.items()))
+        say(f"  {len(skipped)} held-out view(s) skipped, e.g. {first}: {why}")
 
 
 def _read(path: Path) -> list[dict]:

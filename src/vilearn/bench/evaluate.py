@@ -5,6 +5,9 @@ Also the two reference points every score needs: the *ceiling* (the VAE's own re
 of the ground-truth latents) and *chance* (a random training shape's latents against each
 held-out view). A model whose scores do not rise well above chance has learnt nothing to
 measure a speed-up on.
+
+An unreadable file (a truncated view, a damaged latents file) skips the held-out view it belongs
+to: the evaluation goes on over the rest, and the result names each skipped view and its file.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import trimesh
 
 from vilearn.config import AtLeastOne, NonNegative, Range
 from vilearn.data.dataset import PreparedDataset
+from vilearn.io import CorruptFileError
 from vilearn.metrics import ConditionView, Reference, aggregate, evaluate_mesh
 from vilearn.metrics.stats import Summary
 
+# What a bad file raises: the held-out view that needs it is skipped and the rest evaluated.
+UNREADABLE = (CorruptFileError, FileNotFoundError)
 # The metric that ranks samples for the best / worst grid (higher is better).
 RANK_KEY = "fscore@0.05"
 LOWER_IS_BETTER = ("chamfer", "components", "floater_area", "depth_l1", "empty")
@@ -84,11 +90,19 @@ class EvalResult:
     rows: list[dict]  # one per (shape, view, seed): id, view, seed and every metric
     summary: dict[str, Summary]
     meshes: dict[tuple[str, int, int], object] = field(default_factory=dict)  # (id, view, seed)
+    skipped: dict[str, str] = field(default_factory=dict)  # "id view k" -> the unreadable file, why
+
+
+def item_name(shape_id: str, view: int) -> str:
+    """How a held-out view is named where it is skipped."""
+    return f"{shape_id} view {view}"
 
 
 def evaluate_model(trained, vae, settings: EvalSettings, tokens: int | None = None,
-                   on_item: Callable[[], None] | None = None) -> EvalResult:
-    """Generate and score ``settings.n`` held-out views for each seed with a ``TrainedModel``."""
+                   on_item: Callable[[str], None] | None = None) -> EvalResult:
+    """Generate and score ``settings.n`` held-out views for each seed with a ``TrainedModel``.
+    ``on_item(outcome)`` follows each (view, seed): outcome "scored", or "skipped" (a file of the
+    view or its shape is unreadable; ``EvalResult.skipped`` names it)."""
     from vilearn.flow.pipeline import generate_latents
     from vilearn.train.data import condition_image
     from vilearn.train.validation import generated_mesh
@@ -99,29 +113,43 @@ def evaluate_model(trained, vae, settings: EvalSettings, tokens: int | None = No
     if not pairs:
         raise ValueError(f"dataset {data.root}: no {settings.split!r} views to evaluate")
     conditioner = trained.model.conditioner
-    rows, meshes = [], {}
+    rows, meshes, skipped = [], {}, {}
+    tick = on_item or (lambda outcome: None)
     for seed in settings.seeds:
         for start in range(0, len(pairs), settings.batch):
-            chunk = pairs[start:start + settings.batch]
-            images = [condition_image(data, shape_id, view, conditioner.image_size, conditioner.crop)
-                      for shape_id, view in chunk]
+            chunk, images = [], []
+            for shape_id, view in pairs[start:start + settings.batch]:
+                try:
+                    images.append(condition_image(data, shape_id, view, conditioner.image_size,
+                                                  conditioner.crop))
+                    chunk.append((shape_id, view))
+                except UNREADABLE as error:
+                    skipped[item_name(shape_id, view)] = str(error)
+                    tick("skipped")
+            if not chunk:
+                continue
             latents = generate_latents(trained.model.dit, conditioner, images, n_tokens=tokens,
                                        steps=settings.steps, cfg_scale=settings.cfg_scale,
                                        seed=seed + start, stats=trained.stats[tokens])
             for (shape_id, view), latent in zip(chunk, latents):
                 mesh = generated_mesh(vae, latent, settings.resolution)
-                metrics = score(data, shape_id, view, mesh, settings.points, seed)
+                try:
+                    metrics = score(data, shape_id, view, mesh, settings.points, seed)
+                except UNREADABLE as error:
+                    skipped[item_name(shape_id, view)] = str(error)
+                    tick("skipped")
+                    continue
                 rows.append({"id": shape_id, "view": view, "seed": seed, **metrics})
                 meshes[(shape_id, view, seed)] = mesh
-                if on_item:
-                    on_item()
-    return EvalResult(rows, summarize(rows), meshes)
+                tick("scored")
+    return EvalResult(rows, summarize(rows), meshes, skipped)
 
 
 def reference_scores(dataset: str | Path, vae, vae_name: str, tokens: int, mode: str,
-                     settings: EvalSettings, on_item: Callable[[], None] | None = None) -> EvalResult:
+                     settings: EvalSettings, on_item: Callable[[str], None] | None = None) -> EvalResult:
     """``ceiling``: decode each held-out shape's own latent mean; ``chance``: decode a random
-    training shape's latent mean (seeded) against each held-out view."""
+    training shape's latent mean (seeded) against each held-out view. An unreadable latents or
+    view file skips its view, as in ``evaluate_model``."""
     from vilearn.train.validation import generated_mesh
     from vilearn.vae.encode import latents_dir, read_latents
 
@@ -132,17 +160,22 @@ def reference_scores(dataset: str | Path, vae, vae_name: str, tokens: int, mode:
     pairs = held_out_pairs(data, settings.split, settings.n)
     train_ids = [i for i in data.ids("train") if (folder / f"{i}.safetensors").is_file()]
     rng = np.random.default_rng(settings.seeds[0])
-    rows, meshes = [], {}
+    rows, meshes, skipped = [], {}, {}
+    tick = on_item or (lambda outcome: None)
     for shape_id, view in pairs:
         source = shape_id if mode == "ceiling" else train_ids[rng.integers(len(train_ids))]
-        latent = read_latents(folder / f"{source}.safetensors")["mean"]
-        mesh = generated_mesh(vae, latent, settings.resolution)
-        rows.append({"id": shape_id, "view": view, "seed": 0, "source": source,
-                     **score(data, shape_id, view, mesh, settings.points, 0)})
+        try:
+            latent = read_latents(folder / f"{source}.safetensors")["mean"]
+            mesh = generated_mesh(vae, latent, settings.resolution)
+            metrics = score(data, shape_id, view, mesh, settings.points, 0)
+        except UNREADABLE as error:
+            skipped[item_name(shape_id, view)] = str(error)
+            tick("skipped")
+            continue
+        rows.append({"id": shape_id, "view": view, "seed": 0, "source": source, **metrics})
         meshes[(shape_id, view, 0)] = mesh
-        if on_item:
-            on_item()
-    return EvalResult(rows, summarize(rows), meshes)
+        tick("scored")
+    return EvalResult(rows, summarize(rows), meshes, skipped)
 
 
 def measure_condition_gap(trained, views: int = 64, split: str = "val") -> dict:
@@ -223,8 +256,8 @@ def write_report(out: str | Path, results: dict[str, EvalResult], title: str, co
     from vilearn.io import write_json, write_text
 
     out = Path(out)
-    report = {name: {"summary": {k: s.to_dict() for k, s in r.summary.items()}, "rows": r.rows}
-              for name, r in results.items()}
+    report = {name: {"summary": {k: s.to_dict() for k, s in r.summary.items()}, "rows": r.rows,
+                     "skipped": r.skipped} for name, r in results.items()}
     if condition_gap is not None:
         report["condition_gap"] = condition_gap
     write_json(out / "eval.json", report)
@@ -236,8 +269,11 @@ def write_report(out: str | Path, results: dict[str, EvalResult], title: str, co
             "left out of the mean and counted in eval.json."]
     if "ceiling" in results or "chance" in results:
         text += ["", REFERENCES_TEXT]
+    text += skipped_lines(results)
     if condition_gap is not None:
         text += ["", *condition_gap_lines(condition_gap)]
+    if grid is not None and not results[grid[0]].rows:
+        grid = None  # every view skipped: no case to show
     if grid is not None:
         text += ["", "![best and worst cases](cases.png)"]
     write_text(out / "eval.md", "\n".join(text) + "\n")
@@ -247,10 +283,28 @@ def write_report(out: str | Path, results: dict[str, EvalResult], title: str, co
     return out / "eval.md"
 
 
+def skipped_lines(results: dict[str, EvalResult], limit: int = 20) -> list[str]:
+    """Markdown naming the held-out views each result skipped and the file that made it skip."""
+    if not any(r.skipped for r in results.values()):
+        return []
+    lines = ["", "## Skipped views", "",
+             "Views whose files could not be read; the means above are over the rest."]
+    for name, result in results.items():
+        if result.skipped:
+            lines += ["", f"**{name}**: {len(result.skipped)} held-out view(s) skipped", ""]
+            lines += [f"- {item}: {why}" for item, why in list(result.skipped.items())[:limit]]
+            if len(result.skipped) > limit:
+                lines.append(f"- ... and {len(result.skipped) - limit} more (all in eval.json)")
+    return lines
+
+
 def cases_png(path: Path, result: EvalResult, dataset: str | Path, count: int = 4) -> Path:
     """The ``count`` worst and best samples by ``RANK_KEY``: condition image, the generation
     from the condition view and from the opposite side, the ground truth from the opposite side;
-    each row is labelled worst / best with its score."""
+    each row is labelled worst / best with its score. A ground truth that cannot be read is drawn
+    blank, with a warning naming its file."""
+    import warnings
+
     from vilearn.data.preview import both_sides, opposite_camera, render_mesh, write_grid
 
     data = PreparedDataset(dataset)
@@ -265,11 +319,15 @@ def cases_png(path: Path, result: EvalResult, dataset: str | Path, count: int = 
     rows = []
     for row in chosen:
         shape_id, view = row["id"], row["view"]
-        camera = data.camera(shape_id, view)
+        camera, image = data.camera(shape_id, view), data.image(shape_id, view)
         mesh = result.meshes[(shape_id, view, row["seed"])]
-        truth = data.mesh(shape_id)
-        rows.append([data.image(shape_id, view), *both_sides(mesh.verts, mesh.faces, camera),
-                     render_mesh(truth["vertices"], truth["faces"], opposite_camera(camera),
-                                 truth["face_colors"])])
+        try:
+            truth = data.mesh(shape_id)
+            truth_image = render_mesh(truth["vertices"], truth["faces"], opposite_camera(camera),
+                                      truth["face_colors"])
+        except UNREADABLE as error:
+            warnings.warn(f"cases.png: {shape_id}'s ground truth left blank: {error}", stacklevel=2)
+            truth_image = np.full_like(image, 255)
+        rows.append([image, *both_sides(mesh.verts, mesh.faces, camera), truth_image])
     titles = ["condition", "generated (view)", "generated (opposite)", "truth (opposite)"]
     return write_grid(path, rows, titles, row_labels=labels)

@@ -21,6 +21,17 @@ def parse_ints(text: str, option: str) -> list[int]:
     return values
 
 
+def ticker(bar, task):
+    """``on_item`` for a progress bar: one step per view, the skipped ones counted in red."""
+    skipped = 0
+
+    def tick(outcome: str) -> None:
+        nonlocal skipped
+        skipped += outcome == "skipped"
+        bar.update(task, advance=1, failed=skipped)
+    return tick
+
+
 @app.command("evaluate")
 def evaluate_command(
     run: Path = typer.Argument(..., help="A training run (or checkpoint) folder."),
@@ -36,7 +47,8 @@ def evaluate_command(
     device: str = typer.Option(None, "--device", help="cpu or cuda [cuda when there is one]."),
 ) -> None:
     """Generate for held-out views with fixed seeds, compute every metric, write JSON + Markdown
-    (means with 95% intervals) and a PNG of the best and worst cases."""
+    (means with 95% intervals) and a PNG of the best and worst cases. A view whose files cannot be
+    read is skipped and named; the others are evaluated, and the exit status is then 1."""
     import sys
 
     from vilearn.bench.data import default_device
@@ -47,7 +59,7 @@ def evaluate_command(
         reference_scores,
         write_report,
     )
-    from vilearn.cli.progress import progress_bar
+    from vilearn.cli.progress import print_failures, progress_bar
     from vilearn.engine.checkpoint import step_name
     from vilearn.train.loading import load_trained, run_vae
 
@@ -64,7 +76,7 @@ def evaluate_command(
         total = n * len(settings.seeds)
         task = bar.add_task("evaluate", total=total, failed=0, rate="")
         try:
-            results["model"] = evaluate_model(trained, vae, settings, on_item=lambda: bar.advance(task))
+            results["model"] = evaluate_model(trained, vae, settings, on_item=ticker(bar, task))
         except ValueError as error:
             raise fail(str(error)) from error
         if references:
@@ -72,10 +84,17 @@ def evaluate_command(
                 task = bar.add_task(mode, total=n, failed=0, rate="")
                 results[mode] = reference_scores(
                     trained.config.dataset, vae, identity.key, trained.tokens,
-                    mode, settings, on_item=lambda t=task: bar.advance(t))
+                    mode, settings, on_item=ticker(bar, task))
     gap = measure_condition_gap(trained, views=min(n, 64), split=split)
     report = write_report(out, results, f"Evaluation of {run} at step {trained.step}",
                           "vilearn " + " ".join(sys.argv[1:]), grid=("model", trained.config.dataset),
                           condition_gap=gap)
     console.print(gap["verdict"])
+    for name, result in results.items():
+        if result.skipped:
+            console.print(f"[red]{name}: {len(result.skipped)} held-out view(s) skipped[/] "
+                          f"(unreadable files; scored {len(result.rows)} item(s)):")
+            print_failures(result.skipped, where=str(out / "eval.json"))
     console.print(f"report: {report}")
+    if any(result.skipped for result in results.values()):
+        raise typer.Exit(1)

@@ -217,6 +217,30 @@ def test_generate_refuses_a_vae_that_changed_since_training(encoded, tmp_path):
     assert result.exit_code == 2 and "is not the one this run was trained with" in said(result)
 
 
+def test_resuming_with_a_vae_retrained_in_place_is_refused_naming_the_vae(encoded, tmp_path):
+    from vilearn.grouping.run import group_dataset
+    from vilearn.vae.encode import encode_dataset
+    from vilearn.vae.identity import identify_vae
+    from vilearn.vae.loading import save_vae
+
+    root = copy_of(encoded, tmp_path)
+    config, run = run_config(root, steps=4), tmp_path / "run"
+    train(config, run, max_steps=2)
+    recorded = (run / "vae.json").read_text()
+    vae = _tiny_vae(11)
+    save_vae(root / "vae", vae)  # same path, new weights, with latents and groups of its own
+    identity = identify_vae(vae, root / "vae")
+    encode_dataset(root / "data", vae, identity, [32], surface_points=1024)
+    group_dataset(root / "data", vae, identity, [32])
+    old = json.loads(recorded)["hash"][:12]
+    named = (f"vae: {root / 'vae'} is not the VAE this run was trained with ({run / 'vae.json'}: "
+             f"hash {old}, now {identity.digest[:12]})")
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        train(config, run, resume="latest")
+    assert (run / "vae.json").read_text() == recorded  # the run still names the VAE it was trained with
+    assert max(step for step, _ in train_losses(run)) == 2
+
+
 # --- 3. every numeric setting has a range, and the error names the key ----------------------------
 
 

@@ -164,6 +164,75 @@ def test_a_training_step_reads_nothing_back_from_the_device(encoded, tmp_path, m
     assert reads == []
 
 
+class SpyDiT(torch.nn.Module):
+    """A denoiser that records what reaches it and predicts ``weight * x_t``."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(0.25))
+        self.aux_loss, self.calls = None, []
+
+    def forward(self, x, t, cond, visible=None):
+        self.calls.append({"x": x.detach().clone(), "t": t.clone(), "cond": cond.detach().clone(),
+                           "visible": None if visible is None else visible.clone(),
+                           "weight": self.weight.detach().clone()})
+        return self.weight * x
+
+
+def test_training_step_passes_each_items_visibility_and_nulls_the_dropped_conditions(tmp_path):
+    """``training_step`` against a hand-written expectation: for each item the denoiser sees
+    its own visible-token mask, x_t = (1 - t) noise + t x with x the normalised latents, its own
+    t, and as condition the encoder's tokens, or the null condition where the item is dropped for
+    classifier-free guidance; the loss is the squared error against the velocity x - noise."""
+    from accelerate import Accelerator
+
+    from vilearn.dit.conditioner import build_conditioner
+    from vilearn.engine.ema import EMA
+    from vilearn.flow.normalize import LatentStats
+    from vilearn.train.denoiser import Denoiser
+    from vilearn.train.trainer import training_step
+
+    config = make_config(tmp_path, optim={"lr": 1e-2, "warmup_steps": 0})
+    conditioner = build_conditioner(config.conditioner, context_in_dim=config.dit.context_in_dim)
+    with torch.no_grad():
+        conditioner.null_tokens.fill_(7.0)  # a null condition no encoder output equals
+    spy = SpyDiT()
+    model = Denoiser(spy, conditioner).train()
+    g = torch.Generator().manual_seed(0)
+    size, tokens, channels = conditioner.image_size, 8, 4
+    batches = [{"latents": torch.randn(3, tokens, channels, generator=g),
+                "visible": torch.rand(3, tokens, generator=g) < 0.5,
+                "image": torch.rand(3, 3, size, size, generator=g),
+                "t": torch.rand(3, generator=g), "noise": torch.randn(3, tokens, channels, generator=g),
+                "drop": torch.tensor(drop), "id": ["a", "b", "c"]}
+               for drop in ([True, False, True], [False, False, True])]
+    stats = LatentStats(torch.full((channels,), 0.5), torch.full((channels,), 2.0))
+    accelerator = Accelerator(cpu=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    output = training_step(accelerator, model, optimizer, EMA(model, 0.9), batches, stats, config, step=0)
+
+    assert len(spy.calls) == 2
+    losses = []
+    for batch, seen in zip(batches, spy.calls):
+        assert seen["visible"] is not None and torch.equal(seen["visible"], batch["visible"])
+        assert torch.equal(seen["t"], batch["t"])
+        x = (batch["latents"] - 0.5) / 2.0
+        t = batch["t"][:, None, None]
+        torch.testing.assert_close(seen["x"], (1 - t) * batch["noise"] + t * x)
+        with torch.no_grad():
+            encoded = conditioner.encoder(batch["image"])
+        for j, dropped in enumerate(batch["drop"].tolist()):
+            if dropped:
+                assert torch.equal(seen["cond"][j], torch.full_like(seen["cond"][j], 7.0)), j
+            else:
+                torch.testing.assert_close(seen["cond"][j], encoded[j])
+        prediction = seen["weight"] * seen["x"]
+        losses.append(((prediction - (x - batch["noise"])) ** 2).mean(dim=(1, 2)))
+    torch.testing.assert_close(output.per_sample, torch.cat(losses))
+    assert not torch.equal(spy.calls[0]["weight"], spy.calls[1]["weight"])  # one optimizer step each
+
+
 def test_errors_at_start_name_the_problem(encoded, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: x\nmodel: {preset: tiny}\noptim: {learning_rate: 0.1}\n")

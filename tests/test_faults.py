@@ -557,6 +557,35 @@ def test_an_older_run_with_relative_paths_finds_them_from_its_own_folder(encoded
     assert (trained.config.dataset, trained.config.vae) == (str(root / "data"), str(root / "vae"))
 
 
+def test_a_local_dinov2_folder_given_relative_is_stored_absolute_and_found_from_elsewhere(
+        encoded, tmp_path, monkeypatch):
+    import transformers
+
+    from vilearn.train.loading import load_trained
+    from vilearn.train.trainer import absolute_paths
+
+    folder = tmp_path / "models" / "tiny-dinov2"  # a DINOv2 on disk, not on the hub
+    transformers.Dinov2Model(transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=56,
+        patch_size=14)).save_pretrained(folder)
+    transformers.BitImageProcessor(size={"shortest_edge": 56},
+                                   crop_size={"height": 56, "width": 56}).save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    config = run_config(encoded, steps=2, **{"model.context_in_dim": 32, "conditioner": {
+        "kind": "dinov2", "model": "models/tiny-dinov2", "image_size": 56}})
+    train(config, tmp_path / "run")
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert stored["conditioner"]["model"] == str(folder)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # models/tiny-dinov2 means nothing from here
+    trained = load_trained(tmp_path / "run")
+    assert trained.config.conditioner.model == str(folder)
+    assert type(trained.model.conditioner.encoder.model).__name__ == "Dinov2Model"
+    # a hub id is not a path: kept as given
+    hub = with_changes(to_dict(config), {"conditioner.model": "facebook/dinov2-giant"})
+    assert absolute_paths(from_dict(TrainConfig, hub)).conditioner.model == "facebook/dinov2-giant"
+
+
 # --- 7. prepare validates its source before writing anything --------------------------------------
 
 

@@ -81,12 +81,17 @@ STATE = ("model", "ema", "optimizer", "rng")  # what a checkpoint must hold to r
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
-    """``dataset``, ``vae`` and ``init.dit`` as absolute paths, so the run works from any folder."""
+    """``dataset``, ``vae``, ``init.dit`` and a local ``conditioner.model`` folder as absolute
+    paths, so the run works from any folder (a hub id such as ``facebook/dinov2-giant`` is kept)."""
+    from vilearn.train.features import model_identity
+
     def absolute(text: str) -> str:
         return str(Path(text).resolve()) if text else text
 
+    conditioner = dataclasses.replace(config.conditioner, model=model_identity(config.conditioner.model))
     return dataclasses.replace(config, dataset=absolute(config.dataset), vae=absolute(config.vae),
-                               init=dataclasses.replace(config.init, dit=absolute(config.init.dit)))
+                               init=dataclasses.replace(config.init, dit=absolute(config.init.dit)),
+                               conditioner=conditioner)
 
 
 def vae_identity(config: TrainConfig) -> VAEIdentity:

@@ -6,6 +6,26 @@ overwritten or mixed up.
 1. name clashes          2. which VAE made the latents      3. numeric settings
 4. unreadable shape files 5. damaged checkpoints            6. runs moved or run from elsewhere
 7. prepare's source       8. smaller faults                 9. newcomer papercuts
+
+10. tests that would notice a broken feature (each against an independent truth), kept next to
+    the feature they check:
+
+    - tests/vae/test_vae_train.py::test_kl_is_the_closed_form_gaussian_kl: the VAE's KL term
+      against the closed form and torch.distributions
+    - tests/test_dit.py::test_va_lpe_reaches_the_output_through_a_non_zero_final_layer: VA-LPE's
+      embeddings move the prediction once the zero-initialised final layer is not zero
+    - tests/test_train.py::test_validation_scores_the_ema_weights_and_restores_the_raw_ones and
+      tests/test_train.py::test_generate_and_evaluate_sample_with_the_ema_weights: validation,
+      generate and evaluate use the EMA weights
+    - tests/test_train.py::test_training_step_passes_each_items_visibility_and_nulls_the_dropped_conditions:
+      a spy denoiser sees each item's visible-token mask, and the null condition for the items
+      dropped for classifier-free guidance
+    - tests/test_render.py::test_intrinsics_follow_the_documented_convention: principal point and
+      focal length as documented
+    - tests/test_metrics.py::test_fscore_threshold_is_strict_at_the_boundary: F-score counts
+      d < t, on exact binary distances
+    - tests/test_train.py::test_a_resumed_run_sees_the_same_items_in_the_same_order: a resumed
+      run's items (shape, view, posterior sample, VST), one by one, against the uninterrupted run's
 """
 
 from __future__ import annotations
@@ -740,6 +760,13 @@ def test_the_design_document_exists_and_the_readme_cites_it():
     for module in ("vilearn.data", "vilearn.vae", "vilearn.grouping", "vilearn.dit", "vilearn.flow",
                    "vilearn.engine", "vilearn.train", "vilearn.metrics", "vilearn.bench", "vilearn.cli"):
         assert f"`{module}`" in text, module
+
+
+def test_the_tests_point_10_lists_exist():
+    listed = re.findall(r"(tests/[\w/]+\.py)::(test_\w+)", __doc__)
+    assert len(listed) == 8
+    for path, name in listed:
+        assert f"def {name}(" in (ROOT / path).read_text(), f"{path}::{name}"
 
 
 def test_the_configs_link_leads_to_the_packaged_configs():

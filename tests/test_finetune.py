@@ -220,6 +220,20 @@ def test_bad_fine_tuning_settings_name_the_key(hub, tmp_path):
         train(finetune_config(hub, tmp_path, "conditioner.cached=true"), tmp_path / "cached")
 
 
+@pytest.mark.hy3dgen
+def test_hunyuan3d_20_refuses_the_21_vae(hub, hub21, tmp_path):
+    from vilearn.train.trainer import check_inputs
+
+    # 2.0's checkpoint holds the decoder only (safetensors, vae.*): 2.1's VAE has other shapes
+    # and another scale_factor
+    weights = hub["dit"] / "model.fp16.safetensors"
+    with pytest.raises(ConfigError, match=rf"vae: {hub21['vae']} is not the VAE the denoiser of "
+                                          rf"init.dit {hub['dit']} was trained with: \d+ of the \d+ "
+                                          rf"tensors of the VAE part of {weights} differ from .*; its "
+                                          rf"scale_factor is {released.VAE21['scale_factor']}"):
+        check_inputs(finetune_config(hub, tmp_path, f"vae={hub21['vae']}"))
+
+
 def finetune21_config(hub21, *overrides: str) -> TrainConfig:
     model = {"arch": "plain", "preset": "hunyuan3d-2.1", **released.plain_reference()[0], "vape": "none"}
     return packaged_config("finetune-hunyuan3d-2.1", hub21, model, 2, *overrides)
@@ -282,6 +296,78 @@ def test_hunyuan3d_21_lora_with_moe_experts_then_generate_and_export(hub21, tmp_
     exported.load_hunyuan3d_state_dict(merged)
     with torch.no_grad():
         assert (exported(ref["x"], ref["t"], ref["cond"]) - expected).abs().max() < 1e-5
+
+
+def test_hunyuan3d_21_lora_with_dropout_resumes_exactly_and_evaluates(hub21, tmp_path):
+    from safetensors.torch import load_file
+
+    model = {"arch": "plain", "preset": "hunyuan3d-2.1", **released.plain_reference()[0], "vape": "va-lpe"}
+    lora = "train.lora={rank: 2, alpha: 2, dropout: 0.5, targets: [attention, mlp]}"
+    config = lambda: packaged_config("finetune-hunyuan3d-2.1", hub21, model, 4, lora)  # noqa: E731
+    dropout = [m for n, m in build_model(config()).named_modules() if n.endswith("lora_dropout.default")]
+    assert dropout and {m.p for m in dropout} == {0.5}  # peft's dropout before every adapter
+    # its masks are global RNG draws: a resumed run has to continue that RNG exactly
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(config(), whole)
+    train(config(), split, max_steps=3)
+    train(config(), split, resume="latest")
+    assert losses(split) == losses(whole) and [s for s, _ in losses(whole)] == [1, 2, 3, 4]
+
+    (a, _), (b, _) = (load_checkpoint(latest_checkpoint(run / "checkpoints")) for run in (whole, split))
+    assert any(".moe.experts.0.net.2.lora_A" in k for k in a["ema"]) and "dit.vape.visible_embed" in a["ema"]
+    for group in ("ema", "model"):
+        assert a[group].keys() == b[group].keys()
+        assert all(torch.equal(a[group][k], b[group][k]) for k in a[group]), group
+    files = sorted(p.name for p in (whole / "adapter").iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors", "extra.safetensors"]
+    assert (whole / "adapter" / files[0]).read_text() == (split / "adapter" / files[0]).read_text()
+    for name in files[1:]:
+        x, y = load_file(str(whole / "adapter" / name)), load_file(str(split / "adapter" / name))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+
+    result = CliRunner().invoke(app, ["evaluate", str(whole), "--n", "1", "--steps", "2",
+                                      "--resolution", "24", "--no-references", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((whole / "eval" / "step-0000004" / "eval.json").read_text())
+    assert len(report["model"]["rows"]) + len(report["model"]["skipped"]) == 1  # --n 1
+    assert "loss" in report["condition_gap"]  # held-out flow loss through the LoRA model
+
+
+def test_a_vae_other_than_the_releases_is_refused_naming_both(hub21, tmp_path):
+    import shutil
+
+    import yaml
+
+    from vilearn.train.pretrained import Released, vae_differences
+    from vilearn.train.trainer import check_inputs
+    from vilearn.vae.identity import load_identified
+
+    assert check_inputs(finetune21_config(hub21))  # the release's own VAE (the fixture) passes
+    # one decoder tensor changed: the checkpoint's VAE part says it is not the release's
+    other = tmp_path / "hunyuan3d-vae-v2-1"
+    shutil.copytree(hub21["vae"], other)
+    state = torch.load(other / "model.fp16.ckpt", weights_only=True)
+    key = "geo_decoder.output_proj.weight"
+    state[key] = state[key] + 0.01
+    torch.save(state, other / "model.fp16.ckpt")
+    with pytest.raises(ConfigError, match=rf"vae: {other} is not the VAE the denoiser of init.dit "
+                                          rf"{hub21['dit']} was trained with: 1 of the \d+ tensors "
+                                          rf"of the VAE part of {hub21['dit'] / 'model.fp16.ckpt'} "
+                                          rf"differ from {other}'s \(e.g. {key}\)"):
+        check_inputs(finetune21_config(hub21, f"vae={other}"))
+    # the same weights with another scale_factor: what latent_norm: vae would scale by
+    shutil.copy(hub21["vae"] / "model.fp16.ckpt", other / "model.fp16.ckpt")
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["params"]["scale_factor"] = 0.5
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=rf"its scale_factor is 0.5, the release's "
+                                          rf"{released.VAE21['scale_factor']} \({hub21['dit']}/config.yaml"):
+        check_inputs(finetune21_config(hub21, f"vae={other}"))
+    vae = load_identified(other)[0]  # latent_norm: dataset does not use the scale_factor
+    assert vae_differences(Released.read(hub21["dit"]), vae, str(other), "dataset") == []
+    # init.check_vae: false warns, and the run goes on (to the next check: no latents of that VAE)
+    with pytest.warns(UserWarning, match="scale_factor is 0.5"), pytest.raises(ConfigError, match="dataset:"):
+        check_inputs(finetune21_config(hub21, f"vae={other}", "init.check_vae=false"))
 
 
 def test_hunyuan3d_21_full_finetune(hub21, tmp_path):

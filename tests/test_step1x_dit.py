@@ -105,3 +105,71 @@ def test_load_released_picks_the_layout_from_the_config():
     assert sorted(left) == ["vape.invisible_embed", "vape.visible_embed"]
     with pytest.raises(ValueError, match="unexpected"):
         load_released(hunyuan, weights)
+
+
+def save_step1x3d_release(folder: Path) -> Path:
+    """The fixture's weights in Step1X-3D-Geometry-1300m's diffusers pipeline layout:
+    model_index.json and transformer/{config.json (FluxDenoiser's cfg),
+    diffusion_pytorch_model.safetensors (keys dit_model.*)}."""
+    from safetensors.torch import save_file
+
+    small, weights, _ = read_fixture()
+    (folder / "transformer").mkdir(parents=True)
+    save_file(weights, str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    cfg = {"input_channels": small["in_channels"], "width": small["hidden_size"],
+           "layers": small["depth"], "num_single_layers": small["depth_single_blocks"],
+           "num_heads": small["num_heads"], "condition_dim": small["context_in_dim"],
+           "multi_condition_type": "in_context", "use_visual_condition": False,
+           "use_caption_condition": False, "use_label_condition": False}
+    (folder / "transformer" / "config.json").write_text(json.dumps(cfg))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "Step1X3DGeometryPipeline",
+        "transformer": ["step1x3d_geometry.models.transformers.flux_transformer_1d", "FluxDenoiser"],
+        "vae": ["step1x3d_geometry.models.autoencoders.michelangelo_autoencoder",
+                "MichelangeloAutoencoder"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}))
+    return folder
+
+
+def test_init_dit_refuses_a_step1x3d_release_saying_what_works(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from vilearn.config import ConfigError
+    from vilearn.dit import load_released
+    from vilearn.dit.conditioner import ConditionerConfig
+    from vilearn.train.config import InitConfig, TrainConfig
+    from vilearn.train.trainer import build_model
+
+    small, _, ref = read_fixture()
+
+    def config(init: Path) -> TrainConfig:
+        return TrainConfig(model={"preset": "step1x-3d", **small}, init=InitConfig(dit=str(init)),
+                           conditioner=ConditionerConfig(width=small["context_in_dim"]))
+
+    release = save_step1x3d_release(tmp_path / "Step1X-3D-Geometry-1300m")
+    alone = tmp_path / "copied-transformer"  # transformer/ away from its model_index.json
+    shutil.copytree(release / "transformer", alone)
+    for folder, what in ((release, "Step1X3DGeometryPipeline"),
+                         (release / "transformer", "Step1X3DGeometryPipeline"),
+                         (alone, "its FluxDenoiser")):
+        with pytest.raises(ConfigError, match=rf"init.dit: {folder} is a Step1X-3D release \({what}\); "
+                                              r"fine-tuning from it is not supported: .* no latents .*"
+                                              r"Supported: .* MMDiT with model preset step1x-3d "
+                                              r"through vilearn.dit.load_released"):
+            build_model(config(folder))
+    # what the message says works: the folder's denoiser weights in that MMDiT
+    model = MMDiT(dit_config("step1x-3d", **small)).eval()
+    weights = load_file(str(release / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert load_released(model, weights) == []
+    with torch.no_grad():
+        torch.testing.assert_close(model(ref["x"], ref["t"], ref["cond"]), -ref["prediction"],
+                                   atol=2e-5, rtol=1e-5)
+    # another diffusers pipeline is named as such
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ConfigError, match=r"init.dit: .*other is a diffusers pipeline folder "
+                                          r"\(FluxPipeline\), not a released Hunyuan3D-2 DiT folder"):
+        build_model(config(other))

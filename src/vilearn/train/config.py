@@ -4,7 +4,7 @@
 dataset: data/urdfs            # a prepared dataset with encoded latents and groups
 vae: runs/vae-tiny             # the VAE (run, checkpoint or weights) that made the latents
 vae_name: null                 # readable part of its latents folder <name>-<hash8> (default: from vae)
-init: {dit: null, conditioner: true}       # start from released weights (fine-tuning)
+init: {dit: null, conditioner: true, check_vae: true}   # start from released weights
 latent_norm: dataset           # dataset: per-channel stats; vae: the VAE's scale_factor (Hunyuan3D)
 model: {arch: mmdit, preset: tiny, vape: va-rope, ...}   # arch mmdit (DiTConfig) or plain
                                # (PlainDiTConfig, Hunyuan3D-2.1's); any key of that class
@@ -101,10 +101,14 @@ class InitConfig:
             ``model.fp16.ckpt``), or one written by ``vilearn export``. Empty: random init.
         conditioner: also load the image encoder's weights from it when it carries them
             (Hunyuan3D's checkpoints do), over those of ``conditioner.model``.
+        check_vae: refuse a ``vae`` other than the one the release's denoiser was trained with,
+            as far as the release says (its checkpoint's VAE part, config.yaml's scale_factor
+            with ``latent_norm: vae``); false: warn instead.
     """
 
     dit: str = ""
     conditioner: bool = True
+    check_vae: bool = True
 
 
 @dataclass

@@ -13,11 +13,16 @@ The layout (Hunyuan3D-2's ``from_pretrained`` / ``smart_load_model``; 2.1's is t
 ``Hunyuan3DDiT`` loads into ``MMDiT``, hy3dshape's ``HunYuanDiTPlain`` into ``PlainDiT``) and its
 constructor ``params``, which must be the ``model`` section's. The checkpoint's ``conditioner``
 part is hy3dgen's ``SingleImageEncoder`` (``main_image_encoder.model.*``: a transformers
-DINOv2), its ``vae`` part the VAE decoder.
+DINOv2), its ``vae`` part the VAE the denoiser was trained with (2.0: its decoder), which, with
+config.yaml's ``vae.params.scale_factor``, is what ``vae_differences`` holds ``vae=`` against.
+
+Step1X-3D's release (a diffusers pipeline folder) is recognised and refused (``unsupported``):
+ViLearn has neither its VAE nor its conditioner; its denoiser loads through ``load_released``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from torch import Tensor
 
 from vilearn.config import ConfigError, read_yaml
 from vilearn.dit import MMDiT, PlainDiT, load_released
-from vilearn.io import atomic_open, save_safetensors, write_json, write_text
+from vilearn.io import atomic_open, read_json, save_safetensors, write_json, write_text
 from vilearn.train.denoiser import Denoiser
 
 WEIGHT_NAMES = ("model.fp16.safetensors", "model.safetensors", "model.fp16.ckpt", "model.ckpt")
@@ -57,6 +62,8 @@ class Released:
     @classmethod
     def read(cls, folder: str | Path) -> Released:
         folder = Path(folder)
+        if not (folder / "config.yaml").is_file() and (why := unsupported(folder)):
+            raise ValueError(why)
         if not (folder / "config.yaml").is_file():
             raise FileNotFoundError(f"{folder}: no config.yaml (a released denoiser folder holds "
                                     f"config.yaml and one of {', '.join(WEIGHT_NAMES)})")
@@ -76,6 +83,22 @@ class Released:
     def params(self) -> dict:
         return self.config["model"].get("params") or {}
 
+    def part(self, name: str) -> dict[str, Tensor] | None:
+        """One part of the checkpoint, or None; the others are not read (safetensors: only
+        those keys; a ``.ckpt`` is memory-mapped, so only this part's bytes are touched)."""
+        if self.weights.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(self.weights), "pt") as handle:
+                prefix = f"{name}."
+                return {k[len(prefix):]: handle.get_tensor(k) for k in handle.keys()
+                        if k.startswith(prefix)} or None
+        try:
+            parts = torch.load(self.weights, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # torch.save's legacy (not zip) format cannot be memory-mapped
+            parts = torch.load(self.weights, map_location="cpu", weights_only=True)
+        return parts.get(name)
+
     def parts(self) -> dict[str, dict[str, Tensor]]:
         """{"model": ..., "vae": ..., "conditioner": ...} (the parts the checkpoint has)."""
         if self.weights.suffix == ".safetensors":
@@ -93,6 +116,31 @@ class Released:
             raise ValueError(f"{self.weights}: expected the parts {', '.join(PARTS)}, found "
                              f"{', '.join(sorted(parts))}")
         return parts
+
+
+STEP1X3D = ("fine-tuning from it is not supported: ViLearn has neither its VAE "
+            "(MichelangeloAutoencoder: no latents of it can be made) nor its image encoder "
+            "(DINOv2 with registers, its register tokens dropped). Supported: its denoiser's weights "
+            "(transformer/diffusion_pytorch_model.safetensors) load into an MMDiT with model preset "
+            "step1x-3d through vilearn.dit.load_released, in Python; init.dit reads Hunyuan3D-2.0 "
+            "and 2.1 DiT folders (config.yaml + model.fp16.safetensors / .ckpt) and vilearn export's")
+
+
+def unsupported(folder: Path) -> str | None:
+    """Why ``folder`` (without config.yaml) is a release ``init.dit`` cannot read, when it is one
+    it recognises: Step1X-3D's diffusers pipeline folder (``Step1X-3D-Geometry-1300m``:
+    model_index.json, transformer/, vae/, visual_encoder/, ...), its transformer/ subfolder
+    (FluxDenoiser's config.json), or another diffusers pipeline."""
+    index = next((f / "model_index.json" for f in (folder, folder.parent)
+                  if (f / "model_index.json").is_file()), None)
+    name = read_json(index).get("_class_name", "") if index is not None else ""
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    if "Step1X3D" in name or {"num_single_layers", "condition_dim"} <= set(config):
+        return f"{folder} is a Step1X-3D release ({name or 'its FluxDenoiser'}); {STEP1X3D}"
+    if index is not None:
+        return (f"{folder} is a diffusers pipeline folder ({name or index}), not a released "
+                "Hunyuan3D-2 DiT folder (config.yaml + model.fp16.safetensors / .ckpt)")
+    return None
 
 
 def init_from_released(model: Denoiser, folder: str | Path, conditioner: bool = True) -> dict:
@@ -141,6 +189,34 @@ def check_architecture(released: Released, model: Denoiser) -> None:
     if wrong:
         raise ConfigError(f"init.dit: {released.folder} does not fit the model section: "
                           + "; ".join(wrong))
+
+
+def vae_differences(released: Released, vae, source: str, latent_norm: str) -> list[str]:
+    """How ``vae`` (the VAE of ``vae=``, which made the latents) differs from the one the
+    release's denoiser was trained with, as far as the release says: its checkpoint's ``vae``
+    part (the decoder, or the whole VAE: each of its tensors must be ``vae``'s, float16 rounding
+    aside) and, with ``latent_norm: vae``, config.yaml's ``vae.params.scale_factor``. Returns the
+    differences, each naming the release's file and ``source``; empty: none the release shows."""
+    problems = []
+    theirs, ours = released.part("vae"), vae.state_dict()
+    if theirs is not None:
+        missing = sorted(set(theirs) - set(ours))
+        differ = [k for k in sorted(theirs) if k in ours and (
+            ours[k].shape != theirs[k].shape
+            or not torch.allclose(ours[k].float(), theirs[k].float(), rtol=1e-3, atol=1e-4))]
+        if differ:
+            problems.append(f"{len(differ)} of the {len(theirs)} tensors of the VAE part of "
+                            f"{released.weights} differ from {source}'s (e.g. {differ[0]})")
+        if missing:
+            problems.append(f"{len(missing)} of the {len(theirs)} tensors of the VAE part of "
+                            f"{released.weights} are not in {source} (e.g. {missing[0]})")
+    params = (released.config.get("vae") or {}).get("params") or {}
+    scale, own = params.get("scale_factor"), vae.config.scale_factor
+    if latent_norm == "vae" and scale is not None and not math.isclose(scale, own, rel_tol=1e-6):
+        where = released.folder / "config.yaml"
+        problems.append(f"its scale_factor is {own}, the release's {scale} ({where}: "
+                        "vae.params.scale_factor), and latent_norm: vae scales the latents by it")
+    return problems
 
 
 def load_conditioner(model: Denoiser, state: dict[str, Tensor], where: Path) -> bool:

@@ -100,14 +100,36 @@ def vae_identity(config: TrainConfig) -> VAEIdentity:
     if not config.vae:
         raise ConfigError("vae: the VAE that made the latents is required (vae=PATH)")
     try:
-        _, identity = load_identified(config.vae, config.vae_name)
+        vae, identity = load_identified(config.vae, config.vae_name)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"vae: {error}") from error
+    if config.init.dit:
+        check_release_vae(config, vae)
     try:
         find_latents(config.dataset, identity)
     except (FileNotFoundError, LatentsError) as error:
         raise ConfigError(f"dataset: {error}") from error
     return identity
+
+
+def check_release_vae(config: TrainConfig, vae) -> None:
+    """``init.dit``'s denoiser was trained on latents of one VAE, which the release names (its
+    checkpoint's VAE part, config.yaml's scale_factor): ``vae`` (``config.vae``'s) must be that
+    one. A difference is refused, naming both, or with ``init.check_vae: false`` a warning."""
+    from vilearn.train.pretrained import Released, vae_differences
+
+    try:
+        problems = vae_differences(Released.read(config.init.dit), vae, config.vae, config.latent_norm)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"init.dit: {error}") from error
+    if not problems:
+        return
+    message = (f"vae: {config.vae} is not the VAE the denoiser of init.dit {config.init.dit} was "
+               f"trained with: " + "; ".join(problems))
+    if config.init.check_vae:
+        raise ConfigError(f"{message} (encode with the release's VAE, or set init.check_vae: false "
+                          "to fine-tune on these latents anyway)")
+    warnings.warn(message, stacklevel=3)
 
 
 def check_inputs(config: TrainConfig) -> tuple[dict[int, LatentStats], VAEIdentity]:
@@ -367,13 +389,18 @@ def check_resume_config(out: Path, config: TrainConfig, identity: VAEIdentity) -
                           "its latents would not match the model's")
 
 
-def _loader(dataset: LatentViewDataset, sampler: StepBatches, workers: int):
+def _loader(dataset: LatentViewDataset, sampler: StepBatches, workers: int, seed: int):
     """Batches from ``workers`` processes (in this one when 0), into pinned memory on a GPU
-    (``to_device`` then copies without blocking)."""
+    (``to_device`` then copies without blocking).
+
+    The loader draws its workers' base seed from a generator of its own: from the global RNG,
+    that draw would happen at the step a resumed run makes its loader, and every later global
+    draw (LoRA's dropout masks) would differ from the uninterrupted run's."""
     from torch.utils.data import DataLoader
 
     return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                           pin_memory=torch.cuda.is_available()))
+                           pin_memory=torch.cuda.is_available(),
+                           generator=torch.Generator().manual_seed(seed)))
 
 
 def train(config: TrainConfig, out: str | Path, resume: str | None = None,
@@ -466,7 +493,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 sampler = StepBatches(len(dataset), stage.batch_size // world, t.grad_accum, t.seed,
                                       index, step - stage_start, stage.steps,
                                       accelerator.process_index, world)
-                batches = _loader(dataset, sampler, t.workers)
+                batches = _loader(dataset, sampler, t.workers, t.seed)
             micro = [next(batches) for _ in range(t.grad_accum)]
             guard.note_replaced(p for batch in micro for text in batch["unreadable"]
                                 for p in text.split("\n") if p)

@@ -109,3 +109,27 @@ def test_sharded_strategies_are_refused_with_a_clear_error():
     for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         with pytest.raises(ConfigError, match="sharded training is not supported yet"):
             check_parallelism(kind)
+
+
+@pytest.mark.parametrize("name, value, flag", [("ACCELERATE_USE_FSDP", "true", "--use_fsdp"),
+                                               ("ACCELERATE_USE_FSDP", "True", "--use_fsdp"),
+                                               ("ACCELERATE_USE_DEEPSPEED", "1", "--use_deepspeed")])
+def test_a_sharded_launch_is_refused_from_the_launchers_environment(monkeypatch, tmp_path, name, value, flag):
+    """``accelerate launch --use_fsdp`` sets ACCELERATE_USE_FSDP=true (accelerate's own plugin
+    code sets "True"), and on a CPU accelerate then quietly runs DDP (MULTI_CPU): the trainer
+    reads the launcher's variables and refuses, before it reads or writes anything."""
+    from accelerate.utils import DistributedType
+
+    from vilearn.config import ConfigError
+    from vilearn.train.config import TrainConfig
+    from vilearn.train.trainer import check_parallelism, train
+
+    message = rf"{name}={value} \(accelerate launch {flag}\): sharded training is not supported yet"
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        check_parallelism(DistributedType.MULTI_CPU)
+    with pytest.raises(ConfigError, match=message):  # an empty config: refused before its checks
+        train(TrainConfig(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv(name, "false")
+    check_parallelism(DistributedType.MULTI_CPU)

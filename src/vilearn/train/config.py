@@ -125,6 +125,9 @@ class LoopConfig:
     # from visibility or from the rotation itself.
     visibility: Literal["vst", "random"] = "vst"
     workers: Annotated[int, NonNegative] = 0  # DataLoader worker processes
+    # batches each worker keeps ready (DataLoader's prefetch_factor; with workers > 0): more
+    # rides out slow items, at prefetch_factor x workers batches of memory
+    prefetch_factor: Annotated[int, Range(1, 16)] = 2
     lora: LoRAConfig | None = None  # LoRA fine-tuning of the denoiser (needs init.dit)
     log_every: Annotated[int, AtLeastOne] = 10
     ckpt_every: Annotated[int, AtLeastOne] = 500
@@ -135,6 +138,8 @@ class LoopConfig:
             raise ValueError("grad_accum, log_every, ckpt_every and keep_checkpoints must be >= 1")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not 1 <= self.prefetch_factor <= 16:
+            raise ValueError(f"prefetch_factor must be in [1, 16], got {self.prefetch_factor}")
 
 
 @dataclass

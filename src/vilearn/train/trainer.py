@@ -40,6 +40,7 @@ before it propagates (``TrainingFailed``), as SIGTERM does, so no finished step 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -216,15 +217,27 @@ def build_optimizer(model: Denoiser, config: TrainConfig) -> torch.optim.AdamW:
         lr=o.lr, betas=tuple(o.betas))
 
 
-def check_parallelism(distributed_type) -> None:
-    """Refuse the sharded strategies this trainer does not handle yet, before any step.
+# What ``accelerate launch --use_fsdp`` / ``--use_deepspeed`` (or its config file) set
+SHARDED_LAUNCH = {"ACCELERATE_USE_FSDP": "--use_fsdp", "ACCELERATE_USE_DEEPSPEED": "--use_deepspeed"}
+
+
+def check_parallelism(distributed_type=None) -> None:
+    """Refuse the sharded strategies this trainer does not handle yet, before any step: asked
+    for by the launcher (its environment variables, read before the Accelerator is made: on a
+    CPU accelerate quietly runs an FSDP launch as DDP) or chosen by the Accelerator
+    (``distributed_type``, when given).
 
     FSDP and DeepSpeed shard the parameters: the EMA (whole tensors, updated from the local
     module's state dict), checkpoints (written from rank 0's state dict alone) and validation
     (rank 0 alone runs the model) all assume every process holds the whole model, as DDP does.
     """
+    asked = [f"{name}={os.environ[name]} (accelerate launch {flag})"
+             for name, flag in SHARDED_LAUNCH.items()
+             if os.environ.get(name, "").strip().lower() in ("1", "true", "t", "yes", "y", "on")]
     if str(distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED"):
-        raise ConfigError(f"{distributed_type}: sharded training is not supported yet (EMA, "
+        asked.insert(0, str(distributed_type))
+    if asked:
+        raise ConfigError(f"{', '.join(asked)}: sharded training is not supported yet (EMA, "
                           "checkpoints and validation need whole parameters on rank 0); launch DDP "
                           "instead: accelerate launch --multi_gpu -m vilearn train ...")
 
@@ -389,18 +402,22 @@ def check_resume_config(out: Path, config: TrainConfig, identity: VAEIdentity) -
                           "its latents would not match the model's")
 
 
-def _loader(dataset: LatentViewDataset, sampler: StepBatches, workers: int, seed: int):
-    """Batches from ``workers`` processes (in this one when 0), into pinned memory on a GPU
-    (``to_device`` then copies without blocking).
+def _loader(dataset: LatentViewDataset, sampler: StepBatches, workers: int, seed: int,
+            prefetch: int = 2, device: torch.device | str = "cpu"):
+    """Batches from ``workers`` processes (in this one when 0), each keeping ``prefetch``
+    batches ready, into pinned memory when ``device`` is a GPU (``to_device`` then copies
+    without blocking). The workers are persistent: a loader iterated again (this loop makes one
+    iterator per stage) keeps them instead of starting new ones.
 
     The loader draws its workers' base seed from a generator of its own: from the global RNG,
     that draw would happen at the step a resumed run makes its loader, and every later global
     draw (LoRA's dropout masks) would differ from the uninterrupted run's."""
     from torch.utils.data import DataLoader
 
+    parallel = {"persistent_workers": True, "prefetch_factor": prefetch} if workers else {}
     return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                           pin_memory=torch.cuda.is_available(),
-                           generator=torch.Generator().manual_seed(seed)))
+                           pin_memory=torch.device(device).type == "cuda",
+                           generator=torch.Generator().manual_seed(seed), **parallel))
 
 
 def train(config: TrainConfig, out: str | Path, resume: str | None = None,
@@ -417,6 +434,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
 
     from vilearn.train.validation import Validator
 
+    check_parallelism()  # what the launcher asked for, before anything is read or made
     out = Path(out)
     config = absolute_paths(config)
     stats, identity = check_inputs(config)
@@ -493,7 +511,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 sampler = StepBatches(len(dataset), stage.batch_size // world, t.grad_accum, t.seed,
                                       index, step - stage_start, stage.steps,
                                       accelerator.process_index, world)
-                batches = _loader(dataset, sampler, t.workers, t.seed)
+                batches = _loader(dataset, sampler, t.workers, t.seed, t.prefetch_factor,
+                                  accelerator.device)
             micro = [next(batches) for _ in range(t.grad_accum)]
             guard.note_replaced(p for batch in micro for text in batch["unreadable"]
                                 for p in text.split("\n") if p)

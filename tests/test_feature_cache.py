@@ -130,6 +130,36 @@ def test_a_broken_shape_fails_alone_and_the_run_goes_on(encoded, dinov2, cached,
     assert "5 cached, 0 already done, 1 failed" in result.output
 
 
+def test_shards_split_the_work_and_together_write_what_one_run_writes(tiny_dataset, dinov2, tmp_path):
+    """``--shard K/N``: each shard encodes only the shapes it owns, none twice, and the shards
+    together leave the same files as one unsharded run: the same tokens and metadata."""
+    from vilearn.data.shards import Shard
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for copy in (whole, split):
+        shutil.copytree(tiny_dataset, copy)
+    assert cache(whole, dinov2).exit_code == 0
+    folder = Path("features") / f"{dinov2.name}-{SIZE}"
+    ids = sorted(f.stem for f in (whole / folder).glob("*.safetensors"))
+    done = []
+    for k in range(2):
+        result = cache(split, dinov2, "--shard", f"{k}/2")
+        assert result.exit_code == 0, result.output
+        done.append(int(result.output.split(" cached")[0].split()[-1]))
+        owned = [i for i in ids if any(Shard(j, 2).owns(i) for j in range(k + 1))]
+        assert sorted(f.stem for f in (split / folder).glob("*.safetensors")) == owned
+    assert sum(done) == len(ids) == 6 and min(done) > 0  # disjoint, covering, both with work
+    names = sorted(["info.json", *(f"{i}.safetensors" for i in ids)])
+    assert sorted(p.name for p in (split / folder).iterdir()) == names
+    assert sorted(p.name for p in (whole / folder).iterdir()) == names
+    assert (split / folder / "info.json").read_text() == (whole / folder / "info.json").read_text()
+    for shape_id in ids:  # the same tokens, bit for bit (safetensors orders its metadata at random)
+        with safe_open(str(split / folder / f"{shape_id}.safetensors"), "pt") as part, \
+                safe_open(str(whole / folder / f"{shape_id}.safetensors"), "pt") as one:
+            assert part.metadata() == one.metadata() and sorted(part.keys()) == sorted(one.keys())
+            assert all(torch.equal(part.get_tensor(k), one.get_tensor(k)) for k in one.keys()), shape_id
+
+
 def test_feature_name_is_filesystem_safe(tmp_path):
     from vilearn.train.features import feature_name
 

@@ -14,8 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vilearn.data.camera import Camera
-from vilearn.data.layout import DatasetLayout
-from vilearn.data.prepare import read_manifest
+from vilearn.data.layout import DatasetLayout, read_manifest
 from vilearn.io import read_image, read_npz
 
 

@@ -29,6 +29,8 @@ All coordinates are in the normalised object frame; ``<k>`` is the view index as
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 FORMAT_VERSION = 3
@@ -76,3 +78,19 @@ class DatasetLayout:
 
     def view_image(self, shape_id: str, index: int) -> Path:
         return self.shape_dir(shape_id) / "views" / f"{index:03d}.png"
+
+
+def read_manifest(path: str | Path) -> Iterator[dict]:
+    """Stream the rows of a manifest.jsonl (a torn last line from a crash is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with path.open() as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

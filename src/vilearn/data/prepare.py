@@ -32,7 +32,7 @@ from vilearn.config import AtLeastOne, ConfigError, Fraction, NonNegative, Posit
 from vilearn.data.appearance import Appearance, barycentric
 from vilearn.data.camera import Camera, fit_distance, orbit_camera
 from vilearn.data.inside import winding_numbers
-from vilearn.data.layout import FORMAT_VERSION, DatasetLayout
+from vilearn.data.layout import FORMAT_VERSION, DatasetLayout, read_manifest
 from vilearn.data.mesh import (
     MESH_SUFFIXES,
     Mesh,
@@ -358,22 +358,6 @@ def _retry(record: dict, time_limit_s: float) -> bool:
     if record.get("status") != "failed" or "time_limit_s" not in record:
         return False
     return time_limit_s == 0 or time_limit_s > record["time_limit_s"]
-
-
-def read_manifest(path: str | Path) -> Iterator[dict]:
-    """Stream the rows of a manifest.jsonl (a torn last line from a crash is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    with path.open() as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
 
 
 def write_manifest(path: Path, rows: Iterable[dict]) -> None:

@@ -9,7 +9,6 @@ used, not the bucket variants, whose picks differ from exact FPS.
 
 from __future__ import annotations
 
-import fpsample
 import numpy as np
 import torch
 
@@ -28,6 +27,8 @@ def fps_indices(points: torch.Tensor, num_samples: int) -> torch.Tensor:
         raise ValueError(f"points must have shape (B, P, 3), got {tuple(points.shape)}")
     if not 1 <= num_samples <= points.shape[1]:
         raise ValueError(f"cannot pick {num_samples} tokens from {points.shape[1]} surface points")
+    import fpsample  # here, not at import: training imports this package without encoding anything
+
     clouds = points.detach().float().cpu().numpy()
     picks = [fpsample.fps_sampling(np.ascontiguousarray(c), num_samples, start_idx=0)
              for c in clouds]

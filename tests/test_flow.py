@@ -136,6 +136,15 @@ def test_latent_stats_roundtrip(tmp_path):
         LatentStats.identity(3).normalize(latents)
 
 
+def test_latent_stats_move_to_a_device_once():
+    stats = LatentStats(torch.tensor([1.0, -2.0]), torch.tensor([2.0, 0.5]))
+    moved = stats.to("meta")
+    assert moved.mean.device.type == moved.std.device.type == "meta"
+    assert stats.mean.device.type == "cpu"  # the original is left where it was
+    latents = torch.tensor([[3.0, -1.0]])
+    torch.testing.assert_close(stats.to("cpu").normalize(latents), torch.tensor([[1.0, 2.0]]))
+
+
 TINY = dict(
     in_channels=8, context_in_dim=16, hidden_size=32, num_heads=2, depth=1, depth_single_blocks=1
 )

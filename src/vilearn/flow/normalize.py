@@ -28,7 +28,7 @@ class LatentStats:
                 f"latent stats need mean and std of the same (C,) shape, "
                 f"got {tuple(self.mean.shape)} and {tuple(self.std.shape)}"
             )
-        if not bool((self.std > 0).all()):
+        if self.std.device.type != "meta" and not bool((self.std > 0).all()):
             raise ValueError("latent stats: every std must be positive")
 
     @property
@@ -70,6 +70,11 @@ class LatentStats:
     def identity(cls, channels: int, scale: float = 1.0) -> LatentStats:
         """Mean 0, std 1/scale (Hunyuan3D-2: ``identity(64, 0.9990943)``, its scale_factor)."""
         return cls(torch.zeros(channels), torch.full((channels,), 1.0 / scale))
+
+    def to(self, device: torch.device | str) -> LatentStats:
+        """The same statistics on ``device`` (the training loop moves them once: a per-step
+        host-to-device copy would make every step wait for the device)."""
+        return LatentStats(self.mean.to(device), self.std.to(device))
 
     def normalize(self, latents: Tensor) -> Tensor:
         """(..., C) VAE latents -> (..., C) zero-mean unit-std diffusion targets."""

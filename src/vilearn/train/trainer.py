@@ -475,6 +475,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start)
     validator = Validator(config, identity.key, stats, out, features) if main else None
+    device_stats = {tokens: stat.to(accelerator.device) for tokens, stat in stats.items()}
     world = accelerator.num_processes
     stop = min(config.total_steps, max_steps if max_steps is not None else config.total_steps)
     last: dict = {}
@@ -516,7 +517,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
             micro = [next(batches) for _ in range(t.grad_accum)]
             guard.note_replaced(p for batch in micro for text in batch["unreadable"]
                                 for p in text.split("\n") if p)
-            output = training_step(accelerator, model, optimizer, ema, micro, stats[stage.tokens],
+            output = training_step(accelerator, model, optimizer, ema, micro, device_stats[stage.tokens],
                                    config, step)
             step += 1
             guard.step = step  # the state is now that of ``step`` completed steps

@@ -42,6 +42,16 @@ def test_speedup_not_reached_and_lower_is_better():
     assert result["speedup"] == pytest.approx(3.5 / 1.5)
 
 
+def test_chance_to_ceiling_is_the_share_of_the_way_for_both_directions():
+    from vilearn.bench.convergence import chance_to_ceiling
+
+    refs = {"chance": {"iou": 0.2, "chamfer_l1": 0.18}, "ceiling": {"iou": 0.8, "chamfer_l1": 0.04}}
+    assert chance_to_ceiling(0.4, refs, "iou") == pytest.approx(1 / 3)
+    assert chance_to_ceiling(0.11, refs, "chamfer_l1") == pytest.approx(0.5)  # lower is better
+    assert chance_to_ceiling(0.1, refs, "iou") == pytest.approx(-1 / 6)  # below chance
+    assert math.isnan(chance_to_ceiling(0.5, refs, "components"))  # no reference: unknown
+
+
 def test_evaluate_end_to_end_on_a_tiny_run(encoded, encoded_key, tmp_path):
     from typer.testing import CliRunner
 
@@ -123,6 +133,9 @@ def test_a_miniature_convergence_benchmark(encoded, tmp_path):
         last = [r for r in log if r.get("split") == "val" and "loss" in r][-1]
         assert run["condition_gap"]["absolute"] == pytest.approx(last["condition_gap"])
         assert run["condition_gap"]["fraction"] == pytest.approx(last["condition_gap_fraction"])
+        chance, ceiling = summary["chance"]["fscore@0.05"], summary["ceiling"]["fscore@0.05"]
+        share = run["chance_to_ceiling"]["fscore@0.05"]
+        assert share == pytest.approx((final[variant]["fscore@0.05"] - chance) / (ceiling - chance))
     from vilearn.bench.speedup import speedup
 
     curve = {v: [r["means"]["fscore@0.05"] for r in sorted(records, key=lambda r: r["step"])

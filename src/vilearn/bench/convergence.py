@@ -312,6 +312,17 @@ def write_report(out: Path, bench: BenchConfig) -> Path:
         for metric in bench.metrics:
             lines.append(f"| {metric} | {references.get('chance', {}).get(metric, math.nan):.4g} | "
                          f"{references.get('ceiling', {}).get(metric, math.nan):.4g} |")
+        lines += ["", "Each variant's final value (seed mean) as a share of the way from chance (0) to "
+                  "the ceiling (1):", "", "| variant | " + " | ".join(bench.metrics) + " |",
+                  "|---|" + "---|" * len(bench.metrics)]
+        for variant in bench.variants:
+            cells = []
+            for metric in bench.metrics:
+                finals = curves(records, metric).get(variant)
+                share = (math.nan if finals is None else
+                         chance_to_ceiling(finals[1][-1], references, metric))
+                cells.append("-" if math.isnan(share) else f"{share:.2f}")
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     losses = flow_loss_curves(out, bench)
     if any(v["step"] for v in losses.values()):
         figure, axis = plt.subplots(figsize=(6, 4))
@@ -341,6 +352,16 @@ def write_report(out: Path, bench: BenchConfig) -> Path:
     write_text(path, "\n".join(lines) + "\n")
     write_summary(out, bench, records, references)
     return path
+
+
+def chance_to_ceiling(value: float, references: dict, metric: str) -> float:
+    """How far ``value`` has come from chance (0) to the VAE's ceiling (1); NaN without both
+    references or when they coincide. Works alike for lower-is-better metrics."""
+    chance = references.get("chance", {}).get(metric, math.nan)
+    ceiling = references.get("ceiling", {}).get(metric, math.nan)
+    if not math.isfinite(chance) or not math.isfinite(ceiling) or ceiling == chance:
+        return math.nan
+    return (value - chance) / (ceiling - chance)
 
 
 def condition_gap_section(out: Path, losses: dict[str, dict[str, list]], plt) -> list[str]:
@@ -421,6 +442,8 @@ def write_summary(out: Path, bench: BenchConfig, records: list[dict], references
                 "flow_loss": {"true_vst": last.get("loss"),
                               "fixed_partition": last.get("loss_fixed", last.get("loss"))},
                 "speedup": run_speedups(records, bench, variant, seed),
+                "chance_to_ceiling": {m: chance_to_ceiling(v, references, m)
+                                      for m, v in mine[-1]["means"].items()},
             })
     summary = {
         "config": to_dict(bench),

@@ -184,3 +184,21 @@ def test_bench_config_names_a_bad_frame(tmp_path):
     path.write_text("data: {frame: side}\n")
     with pytest.raises((ConfigError, ValueError), match="frame.*side"):
         load_config(BenchConfig, path)
+
+
+@pytest.mark.parametrize("name", ["bench-furniture", "bench-furniture-gpu"])
+def test_the_furniture_benchmarks_feed_the_dit_the_width_their_encoder_gives(name):
+    from vilearn.bench.convergence import BenchConfig
+    from vilearn.bench.data import resolve_vae_path
+    from vilearn.config import load_config
+    from vilearn.dit.conditioner import ImageConditioner
+    from vilearn.train.config import TrainConfig
+    from vilearn.vae import load_vae
+
+    bench = load_config(BenchConfig, name)
+    config = load_config(TrainConfig, bench.train, bench.overrides)
+    # EfficientNet-Lite0's sixth MBConv stage ends in 192 channels (its published architecture)
+    assert config.conditioner.features == ["stage6"] and config.dit.context_in_dim == 192
+    assert ImageConditioner(config.conditioner).out_dim == 192
+    vae = load_vae(resolve_vae_path(bench.data.vae))  # the packaged furniture VAE
+    assert vae.config.label_type == "tsdf" and vae.config.embed_dim == 32

@@ -1,4 +1,4 @@
-"""``vilearn demo``: the main job on the embedded data (pybullet's random_urdfs), end to end."""
+"""``vilearn demo``: the main job end to end (real furniture when installed, else random_urdfs)."""
 
 from __future__ import annotations
 
@@ -27,17 +27,22 @@ def bar_reporter(bars):
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for data, runs and report."),
-    shapes: int = typer.Option(300, "--shapes", min=1, help="How many random_urdfs assets to prepare."),
-    steps: int = typer.Option(400, "--steps", min=1, help="Training steps of each MM-DiT variant."),
-    samples: int = typer.Option(8, "--samples", min=0, help="Held-out views to generate meshes for."),
-    vae: str = typer.Option(None, "--vae", help="A VAE to use instead of the packaged tiny one."),
+    source: str = typer.Option("auto", "--source", help="auto (the Sweet Home 3D furniture when "
+                               "installed, else pybullet:random_urdfs) or any prepare source."),
+    shapes: int = typer.Option(300, "--shapes", min=1, help="How many assets to prepare."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="Training steps of each MM-DiT variant."),
+    samples: int = typer.Option(8, "--samples", min=0, help="Held-out views to draw meshes for."),
+    eval_views: int = typer.Option(32, "--eval-views", min=1,
+                                   help="Held-out views scored against chance and ceiling."),
+    vae: str = typer.Option(None, "--vae", help="A VAE to use instead of the packaged one."),
     workers: int = typer.Option(0, "--workers", "-w", min=0, help="Worker processes (0 = all cores)."),
 ) -> None:
-    """prepare -> VAE -> encode + group -> train va-rope and none -> generate -> report."""
+    """prepare -> view frame -> encode + group -> train va-rope and none -> score -> report."""
     from vilearn.cli.progress import progress_bar
     from vilearn.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(shapes=shapes, steps=steps, samples=samples, workers=workers, vae=vae)
+    settings = DemoSettings(source=source, shapes=shapes, steps=steps, samples=samples,
+                            eval_views=eval_views, workers=workers, vae=vae)
     with progress_bar() as bars:
         report = run_demo(out, settings, bar_reporter(bars))
     console.print(f"report: {report.resolve() / 'index.md'}")

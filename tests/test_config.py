@@ -37,3 +37,13 @@ def test_round_trip_through_plain_data():
     from vilearn.config import from_dict
 
     assert from_dict(PrepareConfig, to_dict(config)) == config
+
+
+def test_the_readme_names_every_packaged_config():
+    from pathlib import Path
+
+    from vilearn.config import packaged_configs
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in packaged_configs() if f"`{name}`" not in readme]
+    assert not missing, f"README does not name the packaged configs {missing}"

@@ -50,6 +50,8 @@ def test_chance_to_ceiling_is_the_share_of_the_way_for_both_directions():
     assert chance_to_ceiling(0.11, refs, "chamfer_l1") == pytest.approx(0.5)  # lower is better
     assert chance_to_ceiling(0.1, refs, "iou") == pytest.approx(-1 / 6)  # below chance
     assert math.isnan(chance_to_ceiling(0.5, refs, "components"))  # no reference: unknown
+    close = {"chance": {"components": 5.55}, "ceiling": {"components": 5.665}}
+    assert math.isnan(chance_to_ceiling(4.3, close, "components"))  # no room between them
 
 
 def test_evaluate_end_to_end_on_a_tiny_run(encoded, encoded_key, tmp_path):

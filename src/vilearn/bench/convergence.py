@@ -356,10 +356,14 @@ def write_report(out: Path, bench: BenchConfig) -> Path:
 
 def chance_to_ceiling(value: float, references: dict, metric: str) -> float:
     """How far ``value`` has come from chance (0) to the VAE's ceiling (1); NaN without both
-    references or when they coincide. Works alike for lower-is-better metrics."""
+    references or when they nearly coincide (within 5% of the larger: the component count of a
+    weak VAE's reconstructions can equal a random shape's, and a share of nothing means nothing).
+    Works alike for lower-is-better metrics."""
     chance = references.get("chance", {}).get(metric, math.nan)
     ceiling = references.get("ceiling", {}).get(metric, math.nan)
-    if not math.isfinite(chance) or not math.isfinite(ceiling) or ceiling == chance:
+    if not math.isfinite(chance) or not math.isfinite(ceiling):
+        return math.nan
+    if abs(ceiling - chance) <= 0.05 * max(abs(chance), abs(ceiling)):
         return math.nan
     return (value - chance) / (ceiling - chance)
 

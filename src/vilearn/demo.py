@@ -303,7 +303,8 @@ def _summary(report: Path, source: str, runs: dict[str, Path], scores: dict, set
         lines.append(f"| {name} | " + " | ".join(f"{row.get(m, math.nan):.3f}" for m in METRICS) + " |")
     for variant, row in scores["variants"].items():
         shares = [chance_to_ceiling(row.get(m, math.nan), scores, m) for m in METRICS]
-        lines.append(f"| {variant}: share | " + " | ".join(f"{x:.2f}" for x in shares) + " |")
+        lines.append(f"| {variant}: share | " + " | ".join("-" if math.isnan(x) else f"{x:.2f}"
+                                                           for x in shares) + " |")
     lines += ["", "## Does the model read its image?", "",
               "| variant | held-out loss, own image | another object's | null | condition gap |",
               "|---|---|---|---|---|"]

@@ -42,7 +42,7 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
         run = tmp_path / "runs" / f"dit-{variant}"
         assert (run / "checkpoints" / "latest").is_file()
         config = (run / "config.yaml").read_text()
-        assert "efficientnet-lite0" in config and "crop: false" in config
+        assert "efficientnet-lite0" in config and "crop: false" in config and f"vape: {variant}" in config
     # view frame: every trained shape is one view of a prepared shape, in its camera's frame
     manifest = (tmp_path / "dataset" / "manifest.jsonl").read_text().splitlines()
     ids = [json.loads(line)["id"] for line in manifest]

@@ -3,23 +3,16 @@ guard against the script breaking unnoticed before its one short run on a lent G
 here is timed), a failing row is reported without losing the others, and the MFU's peak comes
 from the device's data sheet, scaled down for a MIG slice."""
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_throughput.py"
+from benchmark_scripts import BENCHMARKS, load_benchmark
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = BENCHMARKS / "gpu_throughput.py"
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -65,7 +58,7 @@ def test_the_training_path_imports_no_mesh_preparation_package():
 
 
 def test_a_failing_row_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
-    script = load_script()
+    script = load_benchmark("gpu_throughput")
     measure = script.measure
 
     def fails_for_paper(name, *args):
@@ -92,7 +85,7 @@ def test_a_failing_row_is_reported_and_the_others_still_run(tmp_path, monkeypatc
     ("NVIDIA A100-SXM4-80GB", 108, 312.0, "a100"),
 ])
 def test_peak_and_file_name_come_from_the_device(monkeypatch, tmp_path, name, sms, peak, slug):
-    script = load_script()
+    script = load_benchmark("gpu_throughput")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *device: name)

@@ -1,20 +1,12 @@
 """benchmarks/paired_eval.py pairs two evaluations item by item."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_eval.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("paired_eval", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 def write_eval(folder: Path, rows: list[dict]) -> Path:
@@ -24,7 +16,7 @@ def write_eval(folder: Path, rows: list[dict]) -> Path:
 
 
 def test_differences_are_paired_by_item_and_skip_what_either_side_lacks(tmp_path):
-    paired_eval = load_script()
+    paired_eval = load_benchmark("paired_eval")
     # the items' own values spread widely; the other run is exactly 0.1 / 0.05 / 0.15 better on each
     base = [{"id": f"s{i}", "view": 0, "seed": 0, "iou": 0.1 * i} for i in range(4)]
     other = [{"id": "s0", "view": 0, "seed": 0, "iou": 0.1},
@@ -43,6 +35,6 @@ def test_differences_are_paired_by_item_and_skip_what_either_side_lacks(tmp_path
 
 
 def test_a_missing_evaluation_is_named(tmp_path):
-    paired_eval = load_script()
+    paired_eval = load_benchmark("paired_eval")
     with pytest.raises(SystemExit, match="no eval.json"):
         paired_eval.scored_rows(tmp_path)

@@ -35,7 +35,7 @@ FURNITURE, URDFS = "sweethome3d:furniture", "pybullet:random_urdfs"
 SOURCE_VAES = {FURNITURE: "vae-tiny-furniture", URDFS: "packaged"}
 # Image tokens: a frozen ImageNet EfficientNet-Lite0's map (benchmarks/condition_stages.py)
 FEATURES = "stage6"
-CONDITIONER = ("{kind: efficientnet-lite0, features: [FEATURES], image_size: 224, cached: true, "
+CONDITIONER = ("{kind: efficientnet-lite0, features: [" + FEATURES + "], image_size: 224, cached: true, "
                "drop_prob: 0.1}")
 METRICS = ("fscore@0.05", "iou", "chamfer_l1", "silhouette_iou")
 
@@ -115,8 +115,7 @@ def run_demo(out: str | Path, settings: DemoSettings, reporter: Reporter | None 
                                   say=lambda text: say(f"    {text}") if "failed" in text else None,
                                   on_shape=lambda *args: on_item(args[-1]),  # outcome last
                                   frame="view")
-    configs = {variant: _config(dataset, vae_path, identity.key, vae.config.embed_dim, variant, settings)
-               for variant in VARIANTS}
+    configs = _configs(dataset, vae_path, identity.key, vae.config.embed_dim, settings)
     cache_condition_features(configs["none"], say=lambda text: say(f"    {text}"))
     settings.timings["view frame + encode + group + features"] = time.perf_counter() - clock
 
@@ -129,7 +128,7 @@ def run_demo(out: str | Path, settings: DemoSettings, reporter: Reporter | None 
 
     clock = time.perf_counter()
     say(f"4/5 generate and score {settings.eval_views} held-out views per variant, chance and ceiling")
-    scores = _scores(runs, vae, identity.key, settings, reporter)
+    scores = _scores(runs, dataset, vae, identity.key, settings, reporter)
     settings.timings["evaluate"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -140,27 +139,28 @@ def run_demo(out: str | Path, settings: DemoSettings, reporter: Reporter | None 
     return report
 
 
-def _config(dataset: Path, vae_path: Path, key: str, channels: int, variant: str, settings: DemoSettings):
-    """The training config of one variant: dit-tiny on cached EfficientNet-Lite0 tokens."""
+def _configs(dataset: Path, vae_path: Path, key: str, channels: int, settings: DemoSettings) -> dict:
+    """The training config of each variant: dit-tiny on cached EfficientNet-Lite0 tokens."""
     from vilearn.config import load_config
     from vilearn.dit.conditioner import ImageConditioner
     from vilearn.grouping import measured_visible_ratio
     from vilearn.train.config import TrainConfig
 
-    conditioner = CONDITIONER.replace("FEATURES", FEATURES)
-    chosen = load_config(TrainConfig, "dit-tiny", [f"conditioner={conditioner}"]).conditioner
+    chosen = load_config(TrainConfig, "dit-tiny", [f"conditioner={CONDITIONER}"]).conditioner
     width = ImageConditioner(chosen).out_dim  # the token width the DiT's projection reads
     ratio = measured_visible_ratio(dataset, key, settings.tokens)
-    return load_config(TrainConfig, "dit-tiny", [
-        f"dataset={dataset}", f"vae={vae_path}", "vae_name=demo-vae", f"model.vape={variant}",
+    common = [
+        f"dataset={dataset}", f"vae={vae_path}", "vae_name=demo-vae",
         f"model.in_channels={channels}",  # the DiT predicts the VAE's latents
         f"model.visible_ratio={ratio}",  # the inference partition follows our measured fraction
-        f"conditioner={conditioner}", f"model.context_in_dim={width}",
+        f"conditioner={CONDITIONER}", f"model.context_in_dim={width}",
         "conditioner.crop=false",  # view frame: the framing is the object's size and place
         "train.workers=1",  # one process loads the items while the other core trains
         f"val.every={max(1, settings.steps // 4)}", "val.shapes=32",
         f"stages=[{{tokens: {settings.tokens}, steps: {settings.steps}, batch_size: 16}}]",
-    ])
+    ]
+    return {variant: load_config(TrainConfig, "dit-tiny", [*common, f"model.vape={variant}"])
+            for variant in VARIANTS}
 
 
 def _train(run: Path, config, settings: DemoSettings, reporter: Reporter) -> Path:
@@ -198,7 +198,8 @@ def counter(tick: Callable[..., None]) -> Callable[[str], None]:
     return on_item
 
 
-def _scores(runs: dict[str, Path], vae, key: str, settings: DemoSettings, reporter: Reporter) -> dict:
+def _scores(runs: dict[str, Path], dataset: Path, vae, key: str, settings: DemoSettings,
+            reporter: Reporter) -> dict:
     """Sample metrics of every variant, chance and the VAE's ceiling on the same held-out views,
     and each run's condition gap: {"variants": {v: {metric: mean}}, "chance", "ceiling",
     "gap": {v: fraction}, "views": n}."""
@@ -213,9 +214,8 @@ def _scores(runs: dict[str, Path], vae, key: str, settings: DemoSettings, report
                                 on_item=counter(reporter.track(f"score {variant}", settings.eval_views)))
         scores["variants"][variant] = {m: result.summary[m].mean for m in METRICS if m in result.summary}
         scores["gap"][variant] = measure_condition_gap(trained, settings.eval_views)
-        config = trained.config
     for mode in ("chance", "ceiling"):
-        result = reference_scores(config.dataset, vae, key, settings.tokens, mode, settings_)
+        result = reference_scores(dataset, vae, key, settings.tokens, mode, settings_)
         scores[mode] = {m: result.summary[m].mean for m in METRICS if m in result.summary}
     return scores
 
